@@ -1,0 +1,256 @@
+"""Weights specs -> torchvision ``Weights`` enums or local files; the checkpoint cache, offline errors,
+hash verification, import and fetch.
+
+A spec is ``"DEFAULT"``, an enum member name (``"IMAGENET1K_V2"``), ``None`` (random init) or the
+path of a local ``.pth`` file. Everything about a checkpoint (URL, file name, categories,
+preprocessing) is read from torchvision's enums, never copied here.
+"""
+from __future__ import annotations
+
+import hashlib
+import inspect
+import os
+import shutil
+import tempfile
+import urllib.error
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Optional, Union
+
+import torch
+import torchvision
+from torch import nn
+from torchvision.models import WeightsEnum
+
+from ..errors import ConfigError, SegTransferError, WeightsUnavailableError, unknown
+
+OFFLINE_ENV = "SEG_TRANSFER_OFFLINE"
+Spec = Union[str, os.PathLike, None]
+Resolved = Union[WeightsEnum, Path, None]
+
+
+def checkpoint_dir() -> Path:
+    """``$TORCH_HOME/hub/checkpoints``: where torchvision looks for downloaded weights."""
+    return Path(torch.hub.get_dir()) / "checkpoints"
+
+
+def cache_path(weights: WeightsEnum) -> Path:
+    """The exact file torchvision's loader reads for ``weights``."""
+    return checkpoint_dir() / os.path.basename(weights.url)
+
+
+def entry_name(weights: WeightsEnum) -> str:
+    """``'FCN_ResNet50_Weights.COCO_WITH_VOC_LABELS_V1'``."""
+    return f"{type(weights).__name__}.{weights.name}"
+
+
+def weights_enum(model: str) -> type[WeightsEnum]:
+    """The torchvision weights enum of builder ``model`` (``'fcn_resnet50'``)."""
+    return torchvision.models.get_model_weights(model)
+
+
+def is_local_spec(spec: Spec) -> bool:
+    return spec is not None and (isinstance(spec, os.PathLike)
+                                 or str(spec).endswith((".pth", ".pt")) or os.sep in str(spec))
+
+
+def resolve(model: str, spec: Spec, key: str = "weights",
+            enum: Optional[type[WeightsEnum]] = None) -> Resolved:
+    """Turn a weights spec for torchvision builder ``model`` (or an explicit ``enum``) into an enum
+    member, a local file or None."""
+    if spec is None or (isinstance(spec, str) and spec.lower() in ("none", "null", "")):
+        return None
+    if isinstance(spec, WeightsEnum):
+        return spec
+    if is_local_spec(spec):
+        path = Path(spec).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"{key}: weights file {path} does not exist")
+        return path
+    enum = enum or weights_enum(model)
+    name = str(spec)
+    if "." in name:  # a full entry name such as 'ResNet50_Weights.IMAGENET1K_V2'
+        cls_name, _, name = name.partition(".")
+        if cls_name != enum.__name__:
+            raise ConfigError(f"{key}: {spec} are not weights of {model} (expected {enum.__name__}.*)")
+    if name == "DEFAULT":
+        return enum.DEFAULT
+    try:
+        return enum[name]
+    except KeyError:
+        raise unknown(f"weights for {model}", spec, ["DEFAULT", *enum.__members__], key) from None
+
+
+def official_arch_kwargs(model: str, weights: Optional[WeightsEnum] = None) -> dict[str, Any]:
+    """Builder kwargs giving the architecture that ``weights`` (default: DEFAULT) were saved from."""
+    weights = weights or weights_enum(model).DEFAULT
+    kwargs: dict[str, Any] = {"num_classes": len(weights.meta["categories"])}
+    if "aux_loss" in inspect.signature(torchvision.models.get_model_builder(model)).parameters:
+        kwargs["aux_loss"] = True  # torchvision's segmentation checkpoints all carry the aux head
+    return kwargs
+
+
+def _offline_message(model: str, weights: WeightsEnum, key: str, reason: str) -> str:
+    path = cache_path(weights)
+    return (f"{model}: pretrained weights {entry_name(weights)} are not cached at {path} and cannot be "
+            f"downloaded from {weights.url} ({reason}); copy that file there, or run "
+            f"'seg-transfer weights import FILE', or set '{key}: null' to start from random values")
+
+
+def download(weights: WeightsEnum, progress: bool = True) -> Path:
+    """Download ``weights`` into the cache, checking the hash in its file name (torch.hub's way)."""
+    path = cache_path(weights)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    prefix = expected_hash(path.name)
+    # torch.hub writes to a temporary file and renames it, so an interrupted download leaves nothing.
+    torch.hub.download_url_to_file(weights.url, str(path), hash_prefix=prefix, progress=progress)
+    return path
+
+
+def ensure_cached(model: str, weights: WeightsEnum, key: str = "weights") -> Path:
+    """Return the cached file of ``weights``, downloading it when possible, else one clear error."""
+    path = cache_path(weights)
+    if path.is_file():
+        return path
+    if os.environ.get(OFFLINE_ENV, "") not in ("", "0"):
+        raise WeightsUnavailableError(_offline_message(model, weights, key, f"{OFFLINE_ENV} is set"))
+    try:
+        return download(weights)
+    except (urllib.error.URLError, OSError, RuntimeError) as err:
+        reason = getattr(err, "reason", None) or err
+        raise WeightsUnavailableError(
+            _offline_message(model, weights, key, f"{type(err).__name__}: {reason}")) from None
+
+
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """A plain state dict from a ``.pth`` file, or the ``state_dict`` of this toolkit's checkpoint."""
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises several types for truncated or foreign files
+        raise WeightsUnavailableError(f"cannot read weights file {path}: {err}".splitlines()[0]) from None
+    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise WeightsUnavailableError(f"weights file {path} holds no state dict")
+    return obj
+
+
+def load_into(module: nn.Module, state: dict[str, torch.Tensor], source: object,
+              ignore_prefixes: tuple[str, ...] = ()) -> None:
+    """Strict ``load_state_dict`` whose failure is one line naming the file and the first mismatches."""
+    result = module.load_state_dict(state, strict=False)
+    missing = [k for k in result.missing_keys if not k.startswith(ignore_prefixes)]
+    unexpected = [k for k in result.unexpected_keys if not k.startswith(ignore_prefixes)]
+    if missing or unexpected:
+        raise WeightsUnavailableError(
+            f"weights {source} do not fit this model: {len(missing)} missing "
+            f"(e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]})")
+
+
+def build_torchvision(model: str, spec: Spec, key: str = "weights", **kwargs: Any) -> tuple[nn.Module, Resolved]:
+    """Build torchvision model ``model`` with weights ``spec`` through torchvision's own loading path.
+
+    ``kwargs`` go to the builder (a local file is loaded into the official architecture).
+    """
+    resolved = resolve(model, spec, key)
+    try:
+        if isinstance(resolved, WeightsEnum):
+            path = ensure_cached(model, resolved, key)
+            try:
+                # torchvision: enum -> load_state_dict_from_url -> cache hit -> strict load_state_dict
+                net = torchvision.models.get_model(model, weights=resolved, **kwargs)
+            except RuntimeError as err:
+                raise WeightsUnavailableError(
+                    f"{model}: cannot load {path} ({str(err).splitlines()[0]}); "
+                    f"check it with 'seg-transfer weights verify'") from None
+        elif isinstance(resolved, Path):
+            net = torchvision.models.get_model(model, weights=None, **kwargs)
+            load_into(net, read_state_dict(resolved), resolved)
+        else:
+            net = torchvision.models.get_model(model, weights=None, **kwargs)
+    except ValueError as err:  # torchvision's own argument checks
+        raise ConfigError(f"{key}: {model}: {err}") from None
+    return net, resolved
+
+
+def categories(weights: Resolved) -> Optional[list[str]]:
+    """Class names from an enum's ``meta['categories']``."""
+    if isinstance(weights, WeightsEnum):
+        return list(weights.meta["categories"])
+    return None
+
+
+# ---------------------------------------------------------------- cache management (CLI `weights`)
+
+def expected_hash(filename: str) -> Optional[str]:
+    """The sha256 prefix torch.hub encodes in official file names (``name-<hash>.pth``)."""
+    match = torch.hub.HASH_REGEX.search(filename)
+    return match.group(1) if match else None
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass
+class Verification:
+    path: Path
+    expected: Optional[str]
+    actual: str
+
+    @property
+    def ok(self) -> bool:
+        return self.expected is not None and self.actual.startswith(self.expected)
+
+
+def verify(path: Path, official_name: Optional[str] = None) -> Verification:
+    """Compare a file's sha256 with the prefix in its official name; never modifies the file."""
+    return Verification(Path(path), expected_hash(official_name or Path(path).name), sha256(Path(path)))
+
+
+def entries(models: Iterable[str]) -> list[WeightsEnum]:
+    """Every weights entry of the given torchvision builders, without duplicates, in order."""
+    seen: dict[str, WeightsEnum] = {}
+    for model in models:
+        for w in weights_enum(model):
+            seen.setdefault(entry_name(w), w)
+    return list(seen.values())
+
+
+def find_entry(name: str, models: Iterable[str]) -> WeightsEnum:
+    """An entry by full name (``ResNet50_Weights.IMAGENET1K_V2``), official file name, or model name (DEFAULT)."""
+    models = list(models)
+    if name in models:
+        return weights_enum(name).DEFAULT
+    known = entries(models)
+    for w in known:
+        if name in (entry_name(w), os.path.basename(w.url)):
+            return w
+    raise unknown("weights entry", name, models + [entry_name(w) for w in known])
+
+
+def import_file(src: Path, entry: WeightsEnum, force: bool = False) -> tuple[Path, Verification]:
+    """Copy ``src`` into the cache under ``entry``'s official name after checking its hash."""
+    src = Path(src)
+    if not src.is_file():
+        raise SegTransferError(f"{src}: no such file")
+    dst = cache_path(entry)
+    check = verify(src, dst.name)
+    if not check.ok and not force:
+        raise SegTransferError(
+            f"{src}: sha256 {check.actual[:12]}... does not match {check.expected} expected for "
+            f"{entry_name(entry)} ({dst.name}); not imported (use --force to import anyway)")
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".part")
+    os.close(fd)
+    try:
+        shutil.copyfile(src, tmp)
+        os.replace(tmp, dst)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return dst, check

@@ -1,0 +1,88 @@
+"""Suite-wide fixtures: a private TORCH_HOME, stand-in checkpoints, and a guard against the network.
+
+A stand-in is a torchvision architecture built with a fixed seed and ``weights=None`` and saved under
+the official checkpoint file name, so torchvision's own loading path (enum -> cache hit -> strict
+``load_state_dict``) runs for real. Its values are random: it proves two pipelines agree, never that
+a model is accurate.
+"""
+from __future__ import annotations
+
+import inspect
+import os
+import socket
+from pathlib import Path
+from typing import Callable, Optional
+
+import pytest
+import torch
+import torchvision
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+IMAGES = SHARED / "images"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def torch_home(tmp_path_factory) -> Path:
+    """Every test sees a private, initially empty TORCH_HOME: never the user's cache."""
+    home = tmp_path_factory.mktemp("torch_home")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TORCH_HOME", str(home))
+        mp.delenv("SEG_TRANSFER_OFFLINE", raising=False)
+        yield home
+
+
+def _standin_path(weights) -> Path:
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(weights.url)
+
+
+def build_standin(model: str, entry: str = "DEFAULT", seed: int = 0) -> Path:
+    """Write the stand-in for ``model``'s weights ``entry`` into the current TORCH_HOME (once)."""
+    weights = torchvision.models.get_model_weights(model)[entry] if entry != "DEFAULT" \
+        else torchvision.models.get_model_weights(model).DEFAULT
+    path = _standin_path(weights)
+    if path.exists():
+        return path
+    kwargs = {"weights": None, "num_classes": len(weights.meta["categories"])}
+    params = inspect.signature(torchvision.models.get_model_builder(model)).parameters
+    if "aux_loss" in params:
+        kwargs["aux_loss"] = True  # torchvision's segmentation checkpoints carry the aux head
+    if "weights_backbone" in params:
+        kwargs["weights_backbone"] = None
+    torch.manual_seed(seed)
+    net = torchvision.models.get_model(model, **kwargs)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(net.state_dict(), path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def standin(torch_home) -> Callable[..., Path]:
+    """``standin("fcn_resnet50")`` -> path of the stand-in checkpoint, built on first use."""
+    return build_standin
+
+
+class NetworkAttempt(AssertionError):
+    pass
+
+
+@pytest.fixture(autouse=True)
+def no_network(request, monkeypatch):
+    """Fail any test that tries to reach the network; code under test sees a DNS failure, as offline."""
+    attempts: list[str] = []
+
+    def refuse(host, *args, **kwargs):
+        attempts.append(str(host))
+        raise socket.gaierror(socket.EAI_NONAME, f"network disabled in tests ({host})")
+
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    monkeypatch.setattr(socket, "create_connection", lambda address, *a, **k: refuse(address[0]))
+    yield attempts
+    if attempts and request.node.get_closest_marker("network_attempt") is None:
+        pytest.fail(f"test tried to reach the network: {attempts}")
+
+
+def shared_image(name: str) -> Path:
+    path = IMAGES / name
+    if not path.exists():
+        pytest.skip(f"{path} not available (../shared missing)")
+    return path
