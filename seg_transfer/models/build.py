@@ -127,3 +127,8 @@ def create_model(name: Optional[str] = None, **kwargs: Any) -> nn.Module:
     """Python API: ``create_model("fcn_resnet50")`` or ``create_model(backbone="resnet50", neck="fpn",
     head="fpn", num_classes=5)``; keyword arguments are those of the ``model:`` config block."""
     return build_model({"name": name, **kwargs})
+
+
+def torchvision_builders() -> list[str]:
+    """The torchvision builders whose weights the registries can load (for ``seg-transfer weights``)."""
+    return sorted(ZOO) + sorted(BACKBONES)

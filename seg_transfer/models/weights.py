@@ -94,7 +94,8 @@ def _offline_message(model: str, weights: WeightsEnum, key: str, reason: str) ->
     path = cache_path(weights)
     return (f"{model}: pretrained weights {entry_name(weights)} are not cached at {path} and cannot be "
             f"downloaded from {weights.url} ({reason}); copy that file there, or run "
-            f"'seg-transfer weights import FILE', or set '{key}: null' to start from random values")
+            f"'seg-transfer weights import FILE', or set '{key}: null'"
+            + (" (--weights none)" if key == "weights" else "") + " to start from random values")
 
 
 def download(weights: WeightsEnum, progress: bool = True) -> Path:

@@ -1,0 +1,242 @@
+"""``seg-transfer`` sub-commands: parse arguments, call the modules below, map errors to exit codes.
+
+Exit status: 0 success, 1 some inputs failed (the others were processed), 2 nothing could be done.
+Heavy imports (torch) happen inside the commands so ``--help`` stays instant.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+from .errors import SegTransferError
+
+
+def _err(msg: str) -> None:
+    print(f"seg-transfer: error: {msg}", file=sys.stderr)
+
+
+# ------------------------------------------------------------------------------------------- infer
+
+def cmd_infer(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from .io import list_images
+    from .predict import Predictor
+
+    inputs, errors = list_images(args.inputs)
+    if args.sample:
+        import matplotlib.cbook
+        inputs.insert(0, Path(matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)))
+    if not inputs and not errors:
+        raise SegTransferError("no input images: give files or folders, or --sample")
+    for e in errors:
+        _err(e)
+    if args.checkpoint:
+        predictor = Predictor.from_checkpoint(args.checkpoint, device=args.device)
+    else:
+        kwargs = {} if args.weights is None else {"weights": None if args.weights.lower() in ("none", "null")
+                                                   else args.weights}
+        if args.resize is not None:
+            kwargs["resize"] = args.resize
+        predictor = Predictor(args.model, device=args.device, **kwargs)
+    from .errors import unknown
+    for c in args.classes:  # fail before any image is processed
+        if c not in predictor.classes:
+            raise unknown("class", c, predictor.classes, "--class")
+
+    out = Path(args.out)
+    stems: dict[str, int] = {}
+    failed, written = len(errors), 0
+    bar = tqdm(inputs, desc="infer", unit="img", disable=len(inputs) < 2 or args.quiet, file=sys.stderr)
+    for path in bar:
+        stem = path.stem
+        stems[stem] = stems.get(stem, 0) + 1
+        if stems[stem] > 1:  # same name in two folders: keep both
+            stem = f"{stem}_{stems[stem]}"
+        try:
+            result = predictor.predict(path)
+            files = result.save(out, classes=args.classes, json_report=args.json, stem=stem)
+        except SegTransferError as err:
+            failed += 1
+            bar.write(f"seg-transfer: error: {err}", file=sys.stderr)
+            continue
+        written += len(files)
+        if not args.quiet:
+            present = ", ".join(f"{k} {v:.1%}" for k, v in sorted(result.fractions().items(), key=lambda kv: -kv[1])[:4])
+            bar.write(f"{path}: {present} -> {', '.join(f.name for f in files)}")
+    ok = len(inputs) - (failed - len(errors))
+    print(f"wrote {written} files for {ok} image(s) to {out}/" + (f"; {failed} input(s) failed" if failed else ""),
+          file=sys.stderr)
+    return 1 if failed else 0
+
+
+# ------------------------------------------------------------------------------------------ models
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from .models.build import HEAD_NECKS, model_names
+
+    names = model_names()
+    print("zoo models (torchvision, pretrained end to end):\n  " + "\n  ".join(names["zoo"]))
+    print("backbones:\n  " + "\n  ".join(names["backbones"]))
+    print("necks:\n  " + "\n  ".join(names["necks"]))
+    print("heads (valid necks):")
+    for head in names["heads"]:
+        print(f"  {head:<10} {', '.join(HEAD_NECKS[head])}")
+    return 0
+
+
+# ----------------------------------------------------------------------------------------- weights
+
+def _weights_models() -> list[str]:
+    from .models.build import torchvision_builders
+    return torchvision_builders()
+
+
+def cmd_weights_list(args: argparse.Namespace) -> int:
+    from .models import weights as W
+
+    rows = []
+    for w in W.entries(_weights_models()):
+        path = W.cache_path(w)
+        cached = path.is_file()
+        if args.cached and not cached:
+            continue
+        size = path.stat().st_size / 2**20 if cached else w.meta.get("_file_size")
+        rows.append((W.entry_name(w), "yes" if cached else "no", f"{size:.1f} MB" if size else "-", str(path)))
+    print(f"cache: {W.checkpoint_dir()}")
+    _table(("weights", "cached", "size", "path"), rows)
+    return 0
+
+
+def cmd_weights_verify(args: argparse.Namespace) -> int:
+    from .models import weights as W
+
+    files = [Path(f) for f in args.files] or sorted(
+        p for p in W.checkpoint_dir().glob("*") if p.is_file() and not p.name.startswith("."))
+    if not files:
+        print(f"nothing to verify: {W.checkpoint_dir()} holds no checkpoints")
+        return 0
+    bad = 0
+    for f in files:
+        if not f.is_file():
+            _err(f"{f}: no such file")
+            bad += 1
+            continue
+        v = W.verify(f)
+        if v.expected is None:
+            status = "UNKNOWN (no hash in file name)"
+        elif v.ok:
+            status = "OK"
+        else:
+            status = f"MISMATCH (sha256 {v.actual[:len(v.expected)]}, name says {v.expected})"
+            bad += 1
+        print(f"{status:<12} {f}")
+    if bad:
+        _err(f"{bad} file(s) failed verification (left in place; a stand-in or corrupted file fails here)")
+    return 1 if bad else 0
+
+
+def cmd_weights_import(args: argparse.Namespace) -> int:
+    from .models import weights as W
+
+    models = _weights_models()
+    failed = 0
+    for f in map(Path, args.files):
+        try:
+            entry = W.find_entry(args.as_entry or f.name, models)
+            dst, v = W.import_file(f, entry, force=args.force)
+        except SegTransferError as err:
+            _err(str(err))
+            failed += 1
+            continue
+        note = "" if v.ok else " (hash MISMATCH, imported because of --force)"
+        print(f"imported {f} -> {dst} as {W.entry_name(entry)}{note}")
+    return 1 if failed else 0
+
+
+def cmd_weights_fetch(args: argparse.Namespace) -> int:
+    from .models import weights as W
+
+    models = _weights_models()
+    failed = 0
+    for name in args.names:
+        try:
+            entry = W.find_entry(name, models)
+            path = W.ensure_cached(name, entry)
+        except SegTransferError as err:
+            _err(str(err))
+            failed += 1
+            continue
+        print(f"{W.entry_name(entry)} -> {path}")
+    return 1 if failed else 0
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    for r in [header, *rows]:
+        print("  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip())
+
+
+# ----------------------------------------------------------------------------------------- parsing
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="seg-transfer", description="Transfer learning for dense prediction "
+                                "on torchvision models.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    inf = sub.add_parser("infer", help="segment images and write masks, overlays and class probabilities",
+                         description="Segment images with a zoo model or a fine-tuned checkpoint.")
+    inf.add_argument("inputs", nargs="*", help="image files or folders")
+    src = inf.add_mutually_exclusive_group()
+    src.add_argument("--model", default="fcn_resnet50", help="zoo model name (default: fcn_resnet50)")
+    src.add_argument("--checkpoint", help="a seg_transfer checkpoint (.pt) from fine-tuning")
+    inf.add_argument("--weights", help="weights spec for --model: DEFAULT, an enum member, a .pth file or none")
+    inf.add_argument("--sample", action="store_true", help="also run on matplotlib's bundled sample photo")
+    inf.add_argument("--out", default="outputs", help="output folder (default: outputs)")
+    inf.add_argument("--class", dest="classes", action="append", default=[], metavar="NAME",
+                     help="write NAME's probability as <stem>_NAME.png (repeatable)")
+    inf.add_argument("--json", action="store_true", help="write <stem>.json with class pixel fractions")
+    inf.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
+    inf.add_argument("--resize", type=int, help="shorter side fed to the model (default: the weights' own)")
+    inf.add_argument("-q", "--quiet", action="store_true", help="no per-image lines or progress bar")
+    inf.set_defaults(func=cmd_infer)
+
+    mod = sub.add_parser("models", help="list zoo models, backbones, necks and heads")
+    mod.set_defaults(func=cmd_models)
+
+    wts = sub.add_parser("weights", help="manage the pretrained-checkpoint cache (offline use)")
+    wsub = wts.add_subparsers(dest="weights_command", required=True, metavar="ACTION")
+    wl = wsub.add_parser("list", help="every weights entry the registries use: cached or not, size, path")
+    wl.add_argument("--cached", action="store_true", help="only cached entries")
+    wl.set_defaults(func=cmd_weights_list)
+    wv = wsub.add_parser("verify", help="check cached files' sha256 against the hash in their names")
+    wv.add_argument("files", nargs="*", help="files to check (default: the whole cache)")
+    wv.set_defaults(func=cmd_weights_verify)
+    wi = wsub.add_parser("import", help="copy checkpoint files into the cache under their official names")
+    wi.add_argument("files", nargs="+")
+    wi.add_argument("--as", dest="as_entry", help="weights entry (e.g. FCN_ResNet50_Weights.COCO_WITH_VOC_LABELS_V1)"
+                    " when the file was renamed")
+    wi.add_argument("--force", action="store_true", help="import even if the hash does not match")
+    wi.set_defaults(func=cmd_weights_import)
+    wf = wsub.add_parser("fetch", help="download weights (on a connected machine, to carry to an offline one)")
+    wf.add_argument("names", nargs="+", help="model names (DEFAULT weights) or weights entries")
+    wf.set_defaults(func=cmd_weights_fetch)
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except SegTransferError as err:
+        _err(str(err))
+        return 2
+    except KeyboardInterrupt:
+        _err("interrupted")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

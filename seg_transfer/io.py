@@ -1,0 +1,129 @@
+"""Reading images of any common mode into RGB uint8 tensors, and writing outputs atomically."""
+from __future__ import annotations
+
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterable, Iterator, Union
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .errors import BadInputError
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm")
+ImageInput = Union[str, os.PathLike, Image.Image, np.ndarray, torch.Tensor]
+
+
+def _pil_to_rgb(img: Image.Image) -> np.ndarray:
+    """RGB uint8 HxWx3 from any PIL mode; 16/32-bit greyscale is scaled, not clipped."""
+    img = ImageOps.exif_transpose(img)  # photos from phones are stored sideways with an EXIF flag
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        arr = np.asarray(img).astype(np.float64)
+        grey = np.clip(np.rint(arr * (255.0 / 65535.0)), 0, 255).astype(np.uint8)
+        return np.repeat(grey[..., None], 3, axis=2)
+    if img.mode == "F":
+        arr = np.asarray(img, dtype=np.float64)
+        grey = np.clip(np.rint(arr * 255.0 if arr.max() <= 1.0 else arr), 0, 255).astype(np.uint8)
+        return np.repeat(grey[..., None], 3, axis=2)
+    # Alpha is dropped, as torchvision's read_image(mode=RGB) does.
+    return np.asarray(img.convert("RGB"))
+
+
+def open_image(path: Union[str, os.PathLike]) -> Image.Image:
+    """Open and fully decode ``path``; any failure is one BadInputError naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise BadInputError(f"{path}: no such file")
+    if path.stat().st_size == 0:
+        raise BadInputError(f"{path}: empty file (0 bytes)")
+    try:
+        img = Image.open(path)
+        img.load()  # decode now, so a truncated file fails here and not halfway through inference
+    except UnidentifiedImageError:
+        raise BadInputError(f"{path}: not an image file (or a format Pillow cannot read)") from None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+        raise BadInputError(f"{path}: cannot decode image ({err})") from None
+    return img
+
+
+def read_image(image: ImageInput) -> torch.Tensor:
+    """Path, PIL image, numpy array (HxW or HxWxC) or tensor (CxHxW) -> RGB uint8 tensor 3xHxW."""
+    if isinstance(image, (str, os.PathLike)):
+        with open_image(image) as img:
+            arr = _pil_to_rgb(img)
+    elif isinstance(image, Image.Image):
+        arr = _pil_to_rgb(image)
+    elif isinstance(image, np.ndarray):
+        arr = _array_to_rgb(image)
+    elif isinstance(image, torch.Tensor):
+        t = image.detach().cpu()
+        if t.ndim == 3 and t.shape[0] in (1, 3, 4):
+            t = t.permute(1, 2, 0)
+        arr = _array_to_rgb(t.numpy())
+    else:
+        raise BadInputError(f"cannot read an image from {type(image).__name__}")
+    if not arr.flags.writeable:
+        arr = arr.copy()
+    return torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1).contiguous()
+
+
+def _array_to_rgb(arr: np.ndarray) -> np.ndarray:
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[..., 0]
+    if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] not in (3, 4)):
+        raise BadInputError(f"image array of shape {arr.shape}: expected HxW, HxWx3 or HxWx4")
+    if arr.dtype == np.uint16:
+        arr = np.rint(arr.astype(np.float64) * (255.0 / 65535.0))
+    elif np.issubdtype(arr.dtype, np.floating):
+        arr = np.rint(np.clip(arr, 0.0, 1.0) * 255.0)  # float images are taken to be in [0, 1]
+    arr = np.clip(arr, 0, 255).astype(np.uint8)
+    if arr.ndim == 2:
+        arr = np.repeat(arr[..., None], 3, axis=2)
+    return arr[..., :3]
+
+
+def list_images(paths: Iterable[Union[str, os.PathLike]]) -> tuple[list[Path], list[str]]:
+    """Expand files and folders into image files; returns (files, errors for paths that do not exist)."""
+    files, errors = [], []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS)
+            if not found:
+                errors.append(f"{p}: folder holds no images ({', '.join(IMAGE_EXTENSIONS)})")
+            files.extend(found)
+        elif p.exists():
+            files.append(p)
+        else:
+            errors.append(f"{p}: no such file or folder")
+    return files, errors
+
+
+@contextmanager
+def atomic_path(path: Union[str, os.PathLike]) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success it replaces ``path`` in one rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}")
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def save_image(img: Image.Image, path: Union[str, os.PathLike]) -> Path:
+    """Save a PIL image atomically (format from the suffix)."""
+    with atomic_path(path) as tmp:
+        img.save(tmp, format=Image.registered_extensions()[Path(path).suffix.lower()])
+    return Path(path)
+
+
+def save_text(text: str, path: Union[str, os.PathLike]) -> Path:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+    return Path(path)
