@@ -36,11 +36,17 @@ def cmd_infer(args: argparse.Namespace) -> int:
     if args.checkpoint:
         predictor = Predictor.from_checkpoint(args.checkpoint, device=args.device)
     else:
-        kwargs = {} if args.weights is None else {"weights": None if args.weights.lower() in ("none", "null")
-                                                   else args.weights}
+        from .config import ModelConfig, load_model_config, to_dict
+        from .models import build_model
+
+        cfg = to_dict(load_model_config(args.config) if args.config else ModelConfig(name=args.model))
+        for key in ("weights", "backbone_weights"):
+            spec = getattr(args, key)
+            if spec is not None:
+                cfg[key] = None if spec.lower() in ("none", "null") else spec
         if args.resize is not None:
-            kwargs["resize"] = args.resize
-        predictor = Predictor(args.model, device=args.device, **kwargs)
+            cfg["resize"] = args.resize
+        predictor = Predictor(build_model(cfg), device=args.device)
     from .errors import unknown
     for c in args.classes:  # fail before any image is processed
         if c not in predictor.classes:
@@ -192,7 +198,10 @@ def build_parser() -> argparse.ArgumentParser:
     src = inf.add_mutually_exclusive_group()
     src.add_argument("--model", default="fcn_resnet50", help="zoo model name (default: fcn_resnet50)")
     src.add_argument("--checkpoint", help="a seg_transfer checkpoint (.pt) from fine-tuning")
+    src.add_argument("--config", help="a YAML file whose model: block describes the model")
     inf.add_argument("--weights", help="weights spec for --model: DEFAULT, an enum member, a .pth file or none")
+    inf.add_argument("--backbone-weights", help="backbone weights spec, used when --weights is none "
+                     "(zoo) or always (assembled models)")
     inf.add_argument("--sample", action="store_true", help="also run on matplotlib's bundled sample photo")
     inf.add_argument("--out", default="outputs", help="output folder (default: outputs)")
     inf.add_argument("--class", dest="classes", action="append", default=[], metavar="NAME",

@@ -101,3 +101,33 @@ def from_dict(cls: type[T], data: Optional[Mapping[str, Any]], where: str = "") 
 def to_dict(obj: Any) -> dict[str, Any]:
     """Plain-dict form of a config dataclass (for YAML and checkpoints)."""
     return dataclasses.asdict(obj)
+
+
+def load_yaml(path: str) -> dict[str, Any]:
+    """Read a YAML mapping; a missing file or a syntax error is one ConfigError naming file and line."""
+    import os
+
+    import yaml
+
+    if not os.path.isfile(path):
+        raise ConfigError(f"{path}: no such config file")
+    try:
+        with open(path) as f:
+            data = yaml.safe_load(f)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"{path}:{where} invalid YAML ({getattr(err, 'problem', err)})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    return data
+
+
+def load_model_config(path: str) -> ModelConfig:
+    """The ``model:`` block of a YAML config file."""
+    data = load_yaml(path)
+    if "model" not in data:
+        raise ConfigError(f"{path}: no 'model:' block (keys found: {', '.join(map(str, data)) or 'none'})")
+    return from_dict(ModelConfig, data["model"], "model")

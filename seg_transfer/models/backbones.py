@@ -77,10 +77,10 @@ def _check_stride(name: str, output_stride: Optional[int], allowed: tuple[int, .
     return output_stride
 
 
-def _resnet(tv_name: str) -> BackboneBuilder:
+def _resnet(tv_name: str, strides: tuple[int, ...] = (8, 16, 32)) -> BackboneBuilder:
     def build(weights: W.Spec = "DEFAULT", output_stride: Optional[int] = None,
               resize: Optional[int] = 520, key: str = "backbone_weights") -> Backbone:
-        os_ = _check_stride(tv_name, output_stride, (8, 16, 32))
+        os_ = _check_stride(tv_name, output_stride, strides)
         # DeepLab's dilation: keep resolution in the last stages instead of striding.
         dilation = [False, os_ <= 8, os_ <= 16]
         net, resolved = W.build_torchvision(tv_name, weights, key, replace_stride_with_dilation=dilation)
@@ -88,7 +88,7 @@ def _resnet(tv_name: str) -> BackboneBuilder:
         stages = OrderedDict(stem=stem, layer1=net.layer1, layer2=net.layer2,
                              layer3=net.layer3, layer4=net.layer4)
         return Backbone(stages, _preprocess(tv_name, resolved, resize))
-    build.__doc__ = f"torchvision {tv_name}; output stride 8, 16 or 32 (dilated like DeepLab)."
+    build.__doc__ = f"torchvision {tv_name}; output stride {', '.join(map(str, strides))} (dilated like DeepLab)."
     return build
 
 
@@ -106,7 +106,8 @@ def _sliced(tv_name: str, bounds: tuple[int, ...], strides: tuple[int, ...] = (3
     return build
 
 
-register("resnet18")(_resnet("resnet18"))
+# torchvision's BasicBlock cannot dilate, so ResNet-18 only runs at output stride 32.
+register("resnet18")(_resnet("resnet18", strides=(32,)))
 register("resnet50")(_resnet("resnet50"))
 # VGG16: each stage ends at a max-pool, so layer1..layer4 sit at strides 4..32.
 register("vgg16")(_sliced("vgg16", (5, 10, 17, 24)))

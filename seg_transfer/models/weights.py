@@ -95,7 +95,7 @@ def _offline_message(model: str, weights: WeightsEnum, key: str, reason: str) ->
     return (f"{model}: pretrained weights {entry_name(weights)} are not cached at {path} and cannot be "
             f"downloaded from {weights.url} ({reason}); copy that file there, or run "
             f"'seg-transfer weights import FILE', or set '{key}: null'"
-            + (" (--weights none)" if key == "weights" else "") + " to start from random values")
+            + f" (--{key.replace('_', '-')} none)" + " to start from random values")
 
 
 def download(weights: WeightsEnum, progress: bool = True) -> Path:

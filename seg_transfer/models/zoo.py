@@ -44,8 +44,9 @@ def build_zoo(tv_name: str, weights: W.Spec = "DEFAULT", backbone_weights: W.Spe
     default = W.weights_enum(tv_name).DEFAULT
     official = W.official_arch_kwargs(tv_name, resolved if isinstance(resolved, WeightsEnum) else None)
     if resolved is not None:
-        # Pretrained: build exactly the saved architecture, then adapt it.
-        model, _ = W.build_torchvision(tv_name, resolved, "weights", **official)
+        # Pretrained: build exactly the saved architecture, then adapt it. No backbone weights:
+        # the whole model's file overwrites them (torchvision would fetch them for a local file).
+        model, _ = W.build_torchvision(tv_name, resolved, "weights", weights_backbone=None, **official)
         if aux_loss is False and getattr(model, "aux_classifier", None) is not None:
             model.aux_classifier = None
         classes = W.categories(resolved) or W.categories(default)
