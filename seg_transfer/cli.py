@@ -53,14 +53,15 @@ def cmd_infer(args: argparse.Namespace) -> int:
             raise unknown("class", c, predictor.classes, "--class")
 
     out = Path(args.out)
-    stems: dict[str, int] = {}
+    used: set[str] = set()
     failed, written = len(errors), 0
     bar = tqdm(inputs, desc="infer", unit="img", disable=len(inputs) < 2 or args.quiet, file=sys.stderr)
     for path in bar:
-        stem = path.stem
-        stems[stem] = stems.get(stem, 0) + 1
-        if stems[stem] > 1:  # same name in two folders: keep both
-            stem = f"{stem}_{stems[stem]}"
+        stem, k = path.stem, 1
+        while stem in used:  # same name in two folders (or a real 'x_2.jpg'): keep both
+            k += 1
+            stem = f"{path.stem}_{k}"
+        used.add(stem)
         try:
             result = predictor.predict(path)
             files = result.save(out, classes=args.classes, json_report=args.json, stem=stem)
@@ -110,7 +111,9 @@ def cmd_weights_list(args: argparse.Namespace) -> int:
         if args.cached and not cached:
             continue
         size = path.stat().st_size / 2**20 if cached else w.meta.get("_file_size")
-        rows.append((W.entry_name(w), "yes" if cached else "no", f"{size:.1f} MB" if size else "-", str(path)))
+        # Not cached: the download size torchvision's meta announces, marked with '~'.
+        size_text = "-" if not size else f"{size:.1f} MB" if cached else f"~{size:.1f} MB"
+        rows.append((W.entry_name(w), "yes" if cached else "no", size_text, str(path)))
     print(f"cache: {W.checkpoint_dir()}")
     _table(("weights", "cached", "size", "path"), rows)
     return 0
@@ -245,6 +248,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except KeyboardInterrupt:
         _err("interrupted")
         return 130
+    except BrokenPipeError:  # `seg-transfer weights list | head`
+        import os
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":
