@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import types
 import typing
 from dataclasses import dataclass
@@ -68,6 +69,8 @@ def _check(value: Any, tp: Any, where: str) -> Any:
                 for k, v in value.items()}
     if tp is Any:
         return value
+    if tp is str and isinstance(value, os.PathLike):
+        return os.fspath(value)
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if tp is int and isinstance(value, bool):
@@ -105,8 +108,6 @@ def to_dict(obj: Any) -> dict[str, Any]:
 
 def load_yaml(path: str) -> dict[str, Any]:
     """Read a YAML mapping; a missing file or a syntax error is one ConfigError naming file and line."""
-    import os
-
     import yaml
 
     if not os.path.isfile(path):

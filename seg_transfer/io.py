@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import os
-import tempfile
+import secrets
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterable, Iterator, Union
@@ -101,13 +101,24 @@ def list_images(paths: Iterable[Union[str, os.PathLike]]) -> tuple[list[Path], l
     return files, errors
 
 
+def _new_temp(path: Path) -> Path:
+    """A new empty file beside ``path``, created like open() does (mode 0o666 less the umask):
+    mkstemp's 0600 would survive the rename and leave outputs unreadable to anyone else."""
+    while True:
+        tmp = path.parent / f".{path.stem}.{secrets.token_hex(4)}.tmp{path.suffix}"
+        try:
+            os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+            return tmp
+        except FileExistsError:
+            continue
+
+
 @contextmanager
 def atomic_path(path: Union[str, os.PathLike]) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it replaces ``path`` in one rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}")
-    os.close(fd)
+    tmp = _new_temp(path)
     try:
         yield Path(tmp)
         os.replace(tmp, path)

@@ -34,8 +34,9 @@ def model_payload(model: nn.Module) -> dict[str, Any]:
         "classes": list(info.classes),
         "preprocess": info.preprocess.to_dict(),
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-        "versions": {"seg_transfer": __version__, "torch": torch.__version__,
-                     "torchvision": torchvision.__version__},
+        # str(): torch's TorchVersion is a str subclass that weights_only loading refuses.
+        "versions": {"seg_transfer": str(__version__), "torch": str(torch.__version__),
+                     "torchvision": str(torchvision.__version__)},
     }
 
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 import hashlib
 import inspect
 import os
+import pickle
 import shutil
-import tempfile
 import urllib.error
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +23,7 @@ from torch import nn
 from torchvision.models import WeightsEnum
 
 from ..errors import ConfigError, SegTransferError, WeightsUnavailableError, unknown
+from ..io import atomic_path
 
 OFFLINE_ENV = "SEG_TRANSFER_OFFLINE"
 Spec = Union[str, os.PathLike, None]
@@ -139,7 +140,12 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
 def load_into(module: nn.Module, state: dict[str, torch.Tensor], source: object,
               ignore_prefixes: tuple[str, ...] = ()) -> None:
     """Strict ``load_state_dict`` whose failure is one line naming the file and the first mismatches."""
-    result = module.load_state_dict(state, strict=False)
+    try:
+        result = module.load_state_dict(state, strict=False)
+    except RuntimeError as err:  # size mismatches raise even with strict=False
+        detail = next((line.strip() for line in str(err).splitlines() if "size mismatch" in line),
+                      str(err).splitlines()[0])
+        raise WeightsUnavailableError(f"weights {source} do not fit this model: {detail}") from None
     missing = [k for k in result.missing_keys if not k.startswith(ignore_prefixes)]
     unexpected = [k for k in result.unexpected_keys if not k.startswith(ignore_prefixes)]
     if missing or unexpected:
@@ -160,9 +166,10 @@ def build_torchvision(model: str, spec: Spec, key: str = "weights", **kwargs: An
             try:
                 # torchvision: enum -> load_state_dict_from_url -> cache hit -> strict load_state_dict
                 net = torchvision.models.get_model(model, weights=resolved, **kwargs)
-            except RuntimeError as err:
+            except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as err:
+                # A truncated, empty or foreign file: torch.load raises any of these.
                 raise WeightsUnavailableError(
-                    f"{model}: cannot load {path} ({str(err).splitlines()[0]}); "
+                    f"{model}: cannot load {path} ({type(err).__name__}: {(str(err) or 'empty').splitlines()[0]}); "
                     f"check it with 'seg-transfer weights verify'") from None
         elif isinstance(resolved, Path):
             net = torchvision.models.get_model(model, weights=None, **kwargs)
@@ -245,13 +252,6 @@ def import_file(src: Path, entry: WeightsEnum, force: bool = False) -> tuple[Pat
         raise SegTransferError(
             f"{src}: sha256 {check.actual[:12]}... does not match {check.expected} expected for "
             f"{entry_name(entry)} ({dst.name}); not imported (use --force to import anyway)")
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".part")
-    os.close(fd)
-    try:
+    with atomic_path(dst) as tmp:
         shutil.copyfile(src, tmp)
-        os.replace(tmp, dst)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return dst, check

@@ -1,0 +1,1 @@
+"""Training machinery: losses, metrics (and later the trainer, checkpoints)."""

@@ -1,0 +1,91 @@
+"""Train/val splits: by ratio (deterministic, disjoint), by list files, by whole groups."""
+from __future__ import annotations
+
+import pytest
+
+from seg_transfer.data.checks import DataError
+from seg_transfer.data.split import split_names, stem
+from seg_transfer.errors import ConfigError
+
+from . import sequence_names
+
+NAMES = [f"{n}.png" for n in sequence_names({"0001TP": 6, "0006R0": 10, "0016E5": 20})]
+REGEX = r"^(\w+?)_"
+
+
+def picked(indices):
+    return {NAMES[i] for i in indices}
+
+
+def test_ratio_split_is_deterministic_disjoint_and_complete():
+    train, val = split_names(NAMES, val_ratio=0.25, seed=3)
+    assert len(val) == 9 and len(train) == 27
+    assert not set(train) & set(val) and set(train) | set(val) == set(range(len(NAMES)))
+    assert split_names(NAMES, val_ratio=0.25, seed=3) == (train, val)
+    # The listing order must not matter: the same names in reverse give the same val files.
+    reversed_names = NAMES[::-1]
+    _, val_rev = split_names(reversed_names, val_ratio=0.25, seed=3)
+    assert {reversed_names[i] for i in val_rev} == picked(val)
+    assert picked(split_names(NAMES, val_ratio=0.25, seed=4)[1]) != picked(val)
+
+
+def test_ratio_split_keeps_one_item_each_side_and_checks_the_ratio():
+    train, val = split_names(["a.png", "b.png"], val_ratio=0.01)
+    assert len(train) == len(val) == 1
+    with pytest.raises(ConfigError, match="val_ratio"):
+        split_names(NAMES, val_ratio=1.5)
+
+
+def test_group_split_with_named_val_groups():
+    train, val = split_names(NAMES, group_regex=REGEX, val_groups=["0016E5"])
+    assert all(n.startswith("0016E5") for n in picked(val)) and len(val) == 20
+    assert not any(n.startswith("0016E5") for n in picked(train)) and len(train) == 16
+
+
+def test_group_split_by_ratio_moves_whole_groups():
+    for seed in range(5):
+        train, val = split_names(NAMES, group_regex=REGEX, val_ratio=0.3, seed=seed)
+        val_groups = {n.split("_")[0] for n in picked(val)}
+        train_groups = {n.split("_")[0] for n in picked(train)}
+        assert len(val_groups) == 1 and not val_groups & train_groups
+        assert split_names(NAMES, group_regex=REGEX, val_ratio=0.3, seed=seed) == (train, val)
+
+
+def test_group_split_errors_name_the_problem():
+    with pytest.raises(ConfigError, match=r"unknown group '0016E6' \(did you mean '0016E5'\?\)"):
+        split_names(NAMES, group_regex=REGEX, val_groups=["0016E6"])
+    with pytest.raises(ConfigError, match="does not match file name 'other.png'"):
+        split_names([*NAMES, "other.png"], group_regex=REGEX)
+    with pytest.raises(ConfigError, match="capturing group"):
+        split_names(NAMES, group_regex=r"^\w+_")
+    with pytest.raises(ConfigError, match="val_groups is only used with split: group"):
+        split_names(NAMES, split="ratio", val_groups=["0016E5"])
+    with pytest.raises(ConfigError, match="needs group_regex"):
+        split_names(NAMES, split="group")
+    with pytest.raises(ConfigError, match=r"unknown split 'groups' \(did you mean 'group'\?\)"):
+        split_names(NAMES, split="groups")
+
+
+def test_list_split_reads_names_and_pair_lines(tmp_path):
+    (tmp_path / "val.txt").write_text("# held out\n0006R0_000000\n\n0006R0_000030\n")
+    # CamVid's train.txt style: "image mask" path pairs; the first token's stem is the name.
+    (tmp_path / "train.txt").write_text("/x/train/0001TP_000000.png /x/trainannot/0001TP_000000.png\n")
+    train, val = split_names(NAMES, val_list="val.txt", root=tmp_path)
+    assert picked(val) == {"0006R0_000000.png", "0006R0_000030.png"}
+    assert len(train) == len(NAMES) - 2 and not set(train) & set(val)
+    train, val = split_names(NAMES, train_list="train.txt", val_list="val.txt", root=tmp_path)
+    assert picked(train) == {"0001TP_000000.png"} and len(val) == 2
+
+
+def test_list_split_reports_unknown_names_and_missing_files(tmp_path):
+    (tmp_path / "val.txt").write_text("0006R0_000000\nnot_there\n")
+    with pytest.raises(DataError, match=r"val.txt: 1 of 2 names have no image: not_there"):
+        split_names(NAMES, val_list="val.txt", root=tmp_path)
+    with pytest.raises(DataError, match=r"list file .*nope.txt: no such file"):
+        split_names(NAMES, val_list="nope.txt", root=tmp_path)
+
+
+def test_stem_strips_image_extensions_and_folders_only():
+    assert stem("/a/b/0001TP_006690.png") == "0001TP_006690"
+    assert stem("2007_000032") == "2007_000032"
+    assert stem("x.v2.JPG") == "x.v2"
