@@ -34,7 +34,12 @@ def cmd_infer(args: argparse.Namespace) -> int:
     for e in errors:
         _err(e)
     if args.checkpoint:
+        if args.weights is not None or args.backbone_weights is not None:
+            raise SegTransferError("--weights/--backbone-weights do not apply to --checkpoint (its weights are inside)")
         predictor = Predictor.from_checkpoint(args.checkpoint, device=args.device)
+        if args.resize is not None:
+            import dataclasses
+            predictor.preprocess = dataclasses.replace(predictor.preprocess, resize_size=args.resize or None)
     else:
         from .config import ModelConfig, load_model_config, to_dict
         from .models import build_model

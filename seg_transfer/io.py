@@ -29,7 +29,10 @@ def _pil_to_rgb(img: Image.Image) -> np.ndarray:
         grey = np.clip(np.rint(arr * 255.0 if arr.max() <= 1.0 else arr), 0, 255).astype(np.uint8)
         return np.repeat(grey[..., None], 3, axis=2)
     # Alpha is dropped, as torchvision's read_image(mode=RGB) does.
-    return np.asarray(img.convert("RGB"))
+    try:
+        return np.asarray(img.convert("RGB"))
+    except (ValueError, OSError) as err:  # modes Pillow has no RGB conversion for
+        raise BadInputError(f"cannot convert a {img.mode} image to RGB ({err})") from None
 
 
 def open_image(path: Union[str, os.PathLike]) -> Image.Image:
@@ -53,7 +56,10 @@ def read_image(image: ImageInput) -> torch.Tensor:
     """Path, PIL image, numpy array (HxW or HxWxC) or tensor (CxHxW) -> RGB uint8 tensor 3xHxW."""
     if isinstance(image, (str, os.PathLike)):
         with open_image(image) as img:
-            arr = _pil_to_rgb(img)
+            try:
+                arr = _pil_to_rgb(img)
+            except BadInputError as err:
+                raise BadInputError(f"{image}: {err}") from None
     elif isinstance(image, Image.Image):
         arr = _pil_to_rgb(image)
     elif isinstance(image, np.ndarray):

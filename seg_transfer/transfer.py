@@ -15,13 +15,11 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from .errors import ConfigError, suggest, unknown
-from .models.backbones import STAGES
+from .models.backbones import MOBILENET_V3_BOUNDS, STAGES
 
 STRATEGIES = ("feature_extraction", "partial", "full")
-# Where torchvision's MobileNetV3 ``features`` (the zoo models' IntermediateLayerGetter children
-# '0'..'16') are cut into stem, layer1..layer4: the same bounds as backbones.py's mobilenet_v3_large,
-# so a stage name means the same layers in an assembled model and a zoo model.
-MOBILENET_V3_BOUNDS = (2, 4, 7, 13)
+# torchvision's MobileNetV3 zoo models (IntermediateLayerGetter children '0'..'16') are cut at
+# backbones.MOBILENET_V3_BOUNDS, so a stage name means the same layers in assembled and zoo models.
 RESNET_STEM = ("conv1", "bn1", "relu", "maxpool")
 # Names of the parts outside the backbone, as freeze_table and the transfer report show them.
 PART_NAMES = {"classifier": "head", "aux_classifier": "aux"}

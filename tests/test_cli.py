@@ -227,6 +227,13 @@ def test_infer_checkpoint(tmp_path, capsys, monkeypatch):
     assert {p.name for p in (tmp_path / "out").iterdir()} == {"a_mask.png", "a_overlay.png", "a_cat.png"}
     code, _, err = run(capsys, "infer", "--checkpoint", ckpt, img, "--out", tmp_path / "out2", "--class", "dog1")
     assert code == 2 and "valid: __background__, cat, dog" in err
+    code, _, err = run(capsys, "infer", "--checkpoint", ckpt, img, "--out", tmp_path / "out3", "--weights", "DEFAULT")
+    assert code == 2 and "do not apply to --checkpoint" in err and not (tmp_path / "out3").exists()
+    # --resize overrides the checkpoint's preprocessing; outputs stay at the input's size
+    code, _, err = run(capsys, "infer", "--checkpoint", ckpt, img, "--out", tmp_path / "out4", "--resize", "32")
+    assert code == 0, err
+    with Image.open(tmp_path / "out4" / "a_mask.png") as m:
+        assert m.size == (96, 72)
 
 
 def test_infer_bad_checkpoint(tmp_path, capsys):

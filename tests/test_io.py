@@ -330,3 +330,9 @@ def test_save_image_failure_keeps_existing_file(rgb, tmp_path):
         save_image(rgba, out)
     assert out.read_bytes() == b"precious"
     assert os.listdir(tmp_path) == ["keep.jpg"]
+
+
+def test_mode_without_rgb_conversion_is_bad_input():
+    """Pillow has no RGB conversion for 'La': one BadInputError naming the mode, not a ValueError."""
+    with pytest.raises(BadInputError, match="cannot convert a La image to RGB"):
+        read_image(Image.new("La", (4, 4)))

@@ -113,6 +113,8 @@ register("resnet50")(_resnet("resnet50"))
 register("vgg16")(_sliced("vgg16", (5, 10, 17, 24)))
 # MobileNets: cut where the resolution halves; layer3 ends where torchvision's
 # LR-ASPP/DeepLab take their stride-16 features.
+# Where stem, layer1..layer4 start in MobileNetV3-Large's `features` (torchvision's zoo models cut there too).
+MOBILENET_V3_BOUNDS = (2, 4, 7, 13)
 register("mobilenet_v2")(_sliced("mobilenet_v2", (2, 4, 7, 14)))
-register("mobilenet_v3_large")(_sliced("mobilenet_v3_large", (2, 4, 7, 13), strides=(16, 32),
+register("mobilenet_v3_large")(_sliced("mobilenet_v3_large", MOBILENET_V3_BOUNDS, strides=(16, 32),
                                        tv_kwargs=lambda os_: {"dilated": os_ == 16}))
