@@ -7,15 +7,13 @@ a model is accurate.
 """
 from __future__ import annotations
 
-import inspect
-import os
 import socket
 from pathlib import Path
 from typing import Callable, Optional
 
 import pytest
-import torch
-import torchvision
+
+from seg_transfer.testing import build_standin
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 IMAGES = SHARED / "images"
@@ -29,30 +27,6 @@ def torch_home(tmp_path_factory) -> Path:
         mp.setenv("TORCH_HOME", str(home))
         mp.delenv("SEG_TRANSFER_OFFLINE", raising=False)
         yield home
-
-
-def _standin_path(weights) -> Path:
-    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(weights.url)
-
-
-def build_standin(model: str, entry: str = "DEFAULT", seed: int = 0) -> Path:
-    """Write the stand-in for ``model``'s weights ``entry`` into the current TORCH_HOME (once)."""
-    weights = torchvision.models.get_model_weights(model)[entry] if entry != "DEFAULT" \
-        else torchvision.models.get_model_weights(model).DEFAULT
-    path = _standin_path(weights)
-    if path.exists():
-        return path
-    kwargs = {"weights": None, "num_classes": len(weights.meta["categories"])}
-    params = inspect.signature(torchvision.models.get_model_builder(model)).parameters
-    if "aux_loss" in params:
-        kwargs["aux_loss"] = True  # torchvision's segmentation checkpoints carry the aux head
-    if "weights_backbone" in params:
-        kwargs["weights_backbone"] = None
-    torch.manual_seed(seed)
-    net = torchvision.models.get_model(model, **kwargs)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(net.state_dict(), path)
-    return path
 
 
 @pytest.fixture(scope="session")
