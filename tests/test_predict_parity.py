@@ -17,6 +17,9 @@ from conftest import shared_image
 from seg_transfer import Predictor
 from seg_transfer.cli import main
 
+# The recipe decodes with torchvision.io, deprecated in 0.29 in favour of TorchCodec; it is still the recipe.
+pytestmark = pytest.mark.filterwarnings("ignore:The image decoding:DeprecationWarning")
+
 PARITY_MODELS = ["fcn_resnet50", "lraspp_mobilenet_v3_large", "deeplabv3_mobilenet_v3_large"]
 PHOTOS = ["dog1.jpg", "person1.jpg"]
 
