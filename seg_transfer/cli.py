@@ -84,6 +84,68 @@ def cmd_infer(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+# -------------------------------------------------------------------------------- finetune, evaluate
+
+def _load_run_config(args: argparse.Namespace):
+    from .config import load_config
+
+    if args.config is None and not getattr(args, "resume", None):
+        raise SegTransferError("give a CONFIG file (or --resume RUN_DIR)")
+    path = args.config or str(Path(args.resume) / "config.yaml")
+    return load_config(path, args.overrides)
+
+
+def _check_data(cfg, quiet: bool = False) -> int:
+    """Scan the whole dataset; print every problem; the number of errors."""
+    from .data.checks import check_dataset
+
+    problems = check_dataset(cfg.data)
+    errors = [p for p in problems if getattr(p, "severity", "error") == "error"]
+    for p in problems:
+        print(f"{getattr(p, 'severity', 'error')}: {p}", file=sys.stderr)
+    if not quiet or problems:
+        print(f"data check: {len(errors)} error(s), {len(problems) - len(errors)} warning(s)", file=sys.stderr)
+    return len(errors)
+
+
+def cmd_finetune(args: argparse.Namespace) -> int:
+    cfg = _load_run_config(args)
+    if args.check_data:
+        return 1 if _check_data(cfg) else 0
+    if _check_data(cfg, quiet=True):
+        raise SegTransferError("the dataset has problems (listed above); fix them, or run with --check-data "
+                               "to list them again")
+    from .engine.trainer import Trainer
+
+    trainer = Trainer(cfg, run_dir=Path(args.resume) if args.resume else args.run_dir,
+                      resume=bool(args.resume), progress=not args.quiet)
+    result = trainer.fit()
+    print(f"best val mIoU {result.best_miou:.4f} at epoch {result.best_epoch}; "
+          f"checkpoints in {result.run_dir}/ (best.pt, last.pt)")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .engine.evaluate import evaluate_checkpoint
+
+    cfg = _load_run_config(args)
+    report = evaluate_checkpoint(cfg, args.checkpoint, out_dir=args.out, device=args.device,
+                                 progress=not args.quiet)
+    print(f"mIoU {report['miou']:.4f}  pixel_acc {report['pixel_accuracy']:.4f}  "
+          f"mean_acc {report['mean_accuracy']:.4f}  ({report['images']} images)")
+    for name, iou in zip(report["classes"], report["iou"]):
+        print(f"  {name:<20} IoU {iou:.4f}")
+    print(f"report: {report['out_dir']}/metrics.json, confusion.png")
+    return 0
+
+
+def cmd_advise(args: argparse.Namespace) -> int:
+    from .advise import advise
+
+    print(advise(args.num_images, args.similarity).snippet())
+    return 0
+
+
 # ------------------------------------------------------------------------------------------ models
 
 def cmd_models(args: argparse.Namespace) -> int:
@@ -219,6 +281,35 @@ def build_parser() -> argparse.ArgumentParser:
     inf.add_argument("--resize", type=int, help="shorter side fed to the model (default: the weights' own)")
     inf.add_argument("-q", "--quiet", action="store_true", help="no per-image lines or progress bar")
     inf.set_defaults(func=cmd_infer)
+
+    fin = sub.add_parser("finetune", help="fine-tune a model on your labelled images (YAML config)",
+                         description="Fine-tune with the transfer strategy the config names. Overrides: "
+                                     "key.path=value, e.g. train.epochs=3 data.root=/data/camvid")
+    fin.add_argument("config", nargs="?", help="YAML config (optional with --resume)")
+    fin.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
+    fin.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last.pt")
+    fin.add_argument("--run-dir", type=Path, help="run folder (default: output.dir/output.name)")
+    fin.add_argument("--check-data", action="store_true", help="scan the dataset, report every problem, exit")
+    fin.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    fin.set_defaults(func=cmd_finetune)
+
+    ev = sub.add_parser("evaluate", help="score a checkpoint on a config's val split (or any folder)",
+                        description="mIoU, per-class IoU, pixel/mean accuracy, confusion matrix. Point the "
+                                    "data elsewhere with overrides, e.g. data.images=test data.masks=testannot "
+                                    "data.split=all")
+    ev.add_argument("config", help="YAML config whose data: block describes the images")
+    ev.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
+    ev.add_argument("--checkpoint", required=True, help="a seg_transfer checkpoint (best.pt)")
+    ev.add_argument("--out", help="report folder (default: <checkpoint folder>/eval)")
+    ev.add_argument("--device", default="cpu")
+    ev.add_argument("-q", "--quiet", action="store_true")
+    ev.set_defaults(func=cmd_evaluate)
+
+    adv = sub.add_parser("advise", help="recommend a transfer strategy for your dataset size and similarity")
+    adv.add_argument("--num-images", type=int, required=True, help="labelled training images")
+    adv.add_argument("--similarity", choices=("high", "low"), required=True,
+                     help="how much your images look like the pretraining data (ImageNet/COCO photos)")
+    adv.set_defaults(func=cmd_advise)
 
     mod = sub.add_parser("models", help="list zoo models, backbones, necks and heads")
     mod.set_defaults(func=cmd_models)

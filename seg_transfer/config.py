@@ -5,8 +5,8 @@ import dataclasses
 import os
 import types
 import typing
-from dataclasses import dataclass
-from typing import Any, Mapping, Optional, TypeVar, Union
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Optional, Sequence, TypeVar, Union
 
 from .errors import ConfigError, unknown
 
@@ -91,13 +91,17 @@ def from_dict(cls: type[T], data: Optional[Mapping[str, Any]], where: str = "") 
     if not isinstance(data, Mapping):
         raise ConfigError(f"{where or cls.__name__}: expected a mapping, got {data!r}")
     hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    names = list(fields)
     kwargs = {}
     for key, value in data.items():
         path = f"{where}.{key}" if where else str(key)
         if key not in hints:
             raise unknown("key", path, [f"{where}.{n}" if where else n for n in names])
         kwargs[key] = _check(value, hints[key], path)
+        choices = fields[key].metadata.get("choices")
+        if choices and kwargs[key] is not None and kwargs[key] not in choices:
+            raise unknown("value", f"{kwargs[key]}", choices, path)
     return cls(**kwargs)
 
 
@@ -132,3 +136,150 @@ def load_model_config(path: str) -> ModelConfig:
     if "model" not in data:
         raise ConfigError(f"{path}: no 'model:' block (keys found: {', '.join(map(str, data)) or 'none'})")
     return from_dict(ModelConfig, data["model"], "model")
+
+
+# ----------------------------------------------------------------------------------- training config
+
+def _choice(default: Any, *choices: Any) -> Any:
+    return field(default=default, metadata={"choices": choices})
+
+
+@dataclass
+class AugmentConfig:
+    """``augment:``: albumentations steps as ``[{name: HorizontalFlip, p: 0.5}, ...]``; None = defaults."""
+
+    crop_size: int = 480
+    train: Optional[list[dict[str, Any]]] = None
+    val: Optional[list[dict[str, Any]]] = None
+
+
+@dataclass
+class FreezeConfig:
+    """``freeze:``: which backbone stages train (stage names: stem, layer1..layer4)."""
+
+    strategy: str = _choice("full", "feature_extraction", "partial", "full")
+    stages: Optional[int] = None
+    unfreeze_from: Optional[str] = None
+    bn: bool = True
+    schedule: dict[int, str] = field(default_factory=dict)
+    class_aware_init: bool = True
+
+
+@dataclass
+class TrainConfig:
+    """``train:``: optimisation, loss and run control."""
+
+    epochs: int = 30
+    batch_size: int = 8
+    val_batch_size: int = 1
+    optimizer: str = _choice("sgd", "sgd", "adamw")
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    backbone_lr_mult: float = 1.0
+    scheduler: str = _choice("poly", "poly", "cosine", "step", "none")
+    warmup_epochs: float = 0.0
+    step_epochs: int = 10
+    gamma: float = 0.1
+    loss: Any = "ce"
+    class_weights: Any = None
+    aux_weight: float = 0.5
+    amp: str = _choice("auto", "auto", "off", "bf16", "fp16")
+    grad_clip: Optional[float] = None
+    accumulate: int = 1
+    seed: int = 0
+    deterministic: bool = False
+    patience: Optional[int] = None
+    workers: int = 0
+    device: str = "auto"
+    init_from: Optional[str] = None
+
+
+@dataclass
+class CacheConfig:
+    """``cache:``: train neck+head on stored backbone features when the backbone is wholly frozen."""
+
+    enabled: Optional[bool] = None
+    copies: int = 1
+    dtype: str = _choice("float32", "float32", "float16")
+    max_gb: float = 8.0
+
+
+@dataclass
+class OutputConfig:
+    """``output:``: where the run folder goes."""
+
+    dir: str = "runs"
+    name: Optional[str] = None
+    num_predictions: int = 4
+
+
+@dataclass
+class Config:
+    """A whole fine-tuning run; ``data`` is the dataset builder's keyword arguments (``format`` picks it)."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: dict[str, Any] = field(default_factory=dict)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    freeze: FreezeConfig = field(default_factory=FreezeConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+
+
+def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    """Deep merge: mappings merge key by key, anything else in ``over`` replaces."""
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = _merge(out[key], value) if isinstance(out.get(key), dict) and isinstance(value, Mapping) \
+            else value
+    return out
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``'train.epochs=3'`` -> (['train', 'epochs'], 3); values are read as YAML (``null``, lists...)."""
+    import yaml
+
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override '{text}': expected key.path=value, e.g. train.epochs=3")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    return key.strip().split("."), value
+
+
+def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    for text in overrides:
+        path, value = parse_override(text)
+        node = data
+        for part in path[:-1]:
+            if node.get(part) is None:
+                node[part] = {}
+            if not isinstance(node[part], dict):
+                raise ConfigError(f"override '{text}': {part} is not a mapping")
+            node = node[part]
+        node[path[-1]] = value
+    return data
+
+
+def load_config(path: str, overrides: Sequence[str] = ()) -> Config:
+    """YAML (with one level of ``_base_: other.yaml``) + ``key.path=value`` overrides -> Config."""
+    data = load_yaml(path)
+    base = data.pop("_base_", None)
+    if base is not None:
+        base_path = os.path.join(os.path.dirname(os.path.abspath(path)), str(base))
+        base_data = load_yaml(base_path)
+        if "_base_" in base_data:
+            raise ConfigError(f"{base_path}: _base_ inside a base config: one level of inheritance only")
+        data = _merge(base_data, data)
+    data = apply_overrides(data, overrides)
+    return from_dict(Config, data)
+
+
+def dump_config(cfg: Config) -> str:
+    """The resolved config as YAML (saved in every run folder)."""
+    import yaml
+
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)

@@ -270,6 +270,8 @@ class TransferReport:
     missing: list[str] = field(default_factory=list)      # in the model only: keeps its fresh initialisation
     unexpected: list[str] = field(default_factory=list)   # in the source only: ignored
     parts: dict[str, str] = field(default_factory=dict)   # tensor name -> part (stem, layer1, ..., head, aux)
+    source: str = ""                                      # where the weights came from
+    class_aware: Optional[list[str]] = None               # classes whose classifier rows came from the source
 
     def _part(self, name: str) -> str:
         return self.parts.get(name) or name.split(".")[0]
@@ -287,7 +289,8 @@ class TransferReport:
     def format(self, max_names: int = 10) -> str:
         """Counts, a per-part table, then the names that were not loaded (at most ``max_names`` of each kind)."""
         total = len(self.loaded) + len(self.skipped) + len(self.missing)
-        lines = [f"loaded {len(self.loaded)} of the model's {total} tensors; {len(self.skipped)} skipped "
+        lines = [f"transfer from {self.source or 'source weights'}: "
+                 f"loaded {len(self.loaded)} of the model's {total} tensors; {len(self.skipped)} skipped "
                  f"(shape mismatch), {len(self.missing)} missing from the source (re-initialised), "
                  f"{len(self.unexpected)} unexpected (ignored)"]
         table = self.by_part()
@@ -308,11 +311,16 @@ class TransferReport:
         names("skipped (shape mismatch)", [f"{n}: source {list(s)} vs model {list(m)}" for n, s, m in self.skipped])
         names("missing (re-initialised)", self.missing)
         names("unexpected (ignored)", self.unexpected)
+        if self.class_aware is not None:
+            lines.append("class-aware init: " + (", ".join(self.class_aware) if self.class_aware else
+                                                 "no class name matches the source's") )
         return "\n".join(lines)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: every name, the shapes of the skipped ones and the per-part counts."""
         return {
+            "source": self.source,
+            "class_aware_init": self.class_aware,
             "counts": {"loaded": len(self.loaded), "skipped": len(self.skipped),
                        "missing": len(self.missing), "unexpected": len(self.unexpected)},
             "by_part": dict(self.by_part()),

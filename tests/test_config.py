@@ -63,3 +63,63 @@ def test_shipped_model_configs_build(path):
     cfg.weights, cfg.backbone_weights = None, None
     model = build_model(cfg)
     assert len(model.info.classes) == (cfg.num_classes or 21)
+
+
+# ------------------------------------------------------------------------------- whole run configs
+
+from seg_transfer.config import Config, apply_overrides, dump_config, load_config  # noqa: E402
+
+SHIPPED = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+
+
+def _write(path: Path, text: str) -> str:
+    path.write_text(text)
+    return str(path)
+
+
+def test_base_inheritance_and_overrides(tmp_path):
+    _write(tmp_path / "base.yaml", "model: {name: lraspp_mobilenet_v3_large}\n"
+                                   "train: {epochs: 5, lr: 0.1}\ndata: {format: folder, root: /a}\n")
+    child = _write(tmp_path / "child.yaml", "_base_: base.yaml\ntrain: {epochs: 7}\n"
+                                            "freeze: {strategy: partial, unfreeze_from: layer3, schedule: {3: layer2}}\n")
+    cfg = load_config(child, ["train.batch_size=2", "data.root=/x", "train.class_weights=null", "model.classes=[a, b]"])
+    assert (cfg.train.epochs, cfg.train.lr, cfg.train.batch_size) == (7, 0.1, 2)  # child, base, override
+    assert cfg.data == {"format": "folder", "root": "/x"}
+    assert cfg.freeze.schedule == {3: "layer2"} and cfg.model.classes == ["a", "b"]
+    assert load_config(_write(tmp_path / "round.yaml", dump_config(cfg))) == cfg  # the saved config reloads
+
+
+def test_one_level_of_inheritance_only(tmp_path):
+    _write(tmp_path / "a.yaml", "train: {epochs: 1}\n")
+    _write(tmp_path / "b.yaml", "_base_: a.yaml\n")
+    with pytest.raises(ConfigError, match="one level of inheritance only"):
+        load_config(_write(tmp_path / "c.yaml", "_base_: b.yaml\n"))
+    with pytest.raises(ConfigError, match="no such config file"):
+        load_config(_write(tmp_path / "d.yaml", "_base_: missing.yaml\n"))
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("train.optimiser=sgd", r"unknown key 'train.optimiser' \(did you mean 'train.optimizer'\?\)"),
+    ("train.optimizer=sdg", r"train.optimizer: unknown value 'sdg' \(did you mean 'sgd'\?\); valid: adamw, sgd"),
+    ("freeze.strategy=parital", r"freeze.strategy: unknown value 'parital' \(did you mean 'partial'\?\)"),
+    ("train.scheduler=cosin", r"did you mean 'cosine'"),
+    ("train.epochs=abc", "train.epochs: expected int, got 'abc'"),
+    ("trian.epochs=3", r"unknown key 'trian' \(did you mean 'train'\?\)"),
+    ("train.epochs", "expected key.path=value"),
+    ("freeze.schedule={x: layer3}", r"freeze.schedule.x: expected int"),
+])
+def test_bad_overrides_fail_at_load(tmp_path, override, expected):
+    path = _write(tmp_path / "c.yaml", "model: {name: fcn_resnet50}\n")
+    with pytest.raises(ConfigError, match=expected):
+        load_config(path, [override])
+
+
+def test_override_into_a_non_mapping(tmp_path):
+    with pytest.raises(ConfigError, match="train is not a mapping"):
+        apply_overrides({"train": 3}, ["train.epochs=1"])
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=[p.stem for p in SHIPPED])
+def test_shipped_run_configs_load(path):
+    cfg = load_config(str(path))
+    assert isinstance(cfg, Config) and cfg.data.get("format") in ("folder", "voc", "coco")

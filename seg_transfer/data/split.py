@@ -11,7 +11,7 @@ from ..errors import ConfigError, unknown
 from ..io import IMAGE_EXTENSIONS
 from .checks import Problem, fail, report
 
-SPLITS = ("ratio", "list", "group")
+SPLITS = ("ratio", "list", "group", "all")
 PathLike = Union[str, os.PathLike]
 
 
@@ -29,13 +29,16 @@ def split_names(names: Sequence[str], *, split: Optional[str] = None, val_ratio:
                 ) -> tuple[list[int], list[int]]:
     """Indices of ``names`` (file names) in train and in val; the keyword arguments are the YAML keys.
 
-    ``split`` is ``ratio``, ``list`` or ``group``; left out, it follows from the options given (list files
+    ``split`` is ``ratio``, ``list``, ``group`` or ``all`` (every file in val, for evaluating a folder); left out, it follows from the options given (list files
     -> list, ``group_regex`` -> group, else ratio). Relative list paths are read from ``root``.
     """
     mode = _mode(split, val_groups=val_groups, group_regex=group_regex,
                  train_list=train_list, val_list=val_list)
     if mode == "list":
         return _by_list(names, train_list, val_list, root)
+    if mode == "all":  # score a held-out folder: every file is in val (and in train, left unused)
+        everything = list(range(len(names)))
+        return everything, everything
     _check_ratio(val_ratio)
     if mode == "group":
         return _by_group(names, group_regex, val_groups, val_ratio, seed)

@@ -131,6 +131,14 @@ def _compact(mask: np.ndarray, ignore_index: int) -> np.ndarray:
     raise ValueError(f"mask values {lo}..{hi} do not fit in int32")
 
 
+def _all_steps(compose: Any) -> list[Any]:
+    """The compose and every transform/compose inside it, depth first."""
+    steps = [compose]
+    for t in getattr(compose, "transforms", []):
+        steps.extend(_all_steps(t))
+    return steps
+
+
 class SegTransform:
     """(uint8 HxWx3 image, integer HxW mask) -> (normalised float 3xHxW tensor, int64 HxW tensor)."""
 
@@ -139,6 +147,13 @@ class SegTransform:
         # Only mean/std: resizing is the pipeline's job, and must move the mask along with the image.
         self.normalize = dataclasses.replace(preprocess, resize_size=None)
         self.ignore_index = ignore_index
+
+    def reseed(self, seed: int) -> None:
+        """Seed every step independently (albumentations' own set_random_seed gives all steps the
+        same seed, which correlates e.g. the flip and the crop drawn for one image)."""
+        steps = _all_steps(self.pipeline)
+        for step, child in zip(steps, np.random.SeedSequence(seed).spawn(len(steps))):
+            step.set_random_seed(int(child.generate_state(1)[0]))
 
     def __call__(self, image: np.ndarray, mask: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         out = self.pipeline(image=image, mask=_compact(mask, self.ignore_index))
@@ -158,11 +173,11 @@ def build_transforms(train: Optional[Sequence[Mapping[str, Any]]] = None,
     ``preprocess.resize_size``; ``preprocess`` comes from the model's weights.
     """
     if not isinstance(crop_size, int) or isinstance(crop_size, bool) or crop_size < 1:
-        raise ConfigError(f"transforms.crop_size: expected a positive integer, got {crop_size!r}")
+        raise ConfigError(f"augment.crop_size: expected a positive integer, got {crop_size!r}")
     train_spec = default_train_spec(crop_size, preprocess.resize_size) if train is None else train
     val_spec = default_val_spec(preprocess.resize_size) if val is None else val
-    return (SegTransform(build_pipeline(train_spec, ignore_index, "transforms.train"), preprocess, ignore_index),
-            SegTransform(build_pipeline(val_spec, ignore_index, "transforms.val"), preprocess, ignore_index))
+    return (SegTransform(build_pipeline(train_spec, ignore_index, "augment.train"), preprocess, ignore_index),
+            SegTransform(build_pipeline(val_spec, ignore_index, "augment.val"), preprocess, ignore_index))
 
 
 class SegCollate:

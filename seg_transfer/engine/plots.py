@@ -1,0 +1,201 @@
+"""Training figures: loss/mIoU curves, image | ground truth | prediction grids, confusion matrices.
+
+Figures are ``matplotlib.figure.Figure`` objects drawn by the Agg canvas without pyplot: nothing is
+registered in pyplot's global figure list (the usual leak of plotting every epoch), no display is
+needed, and the user's own backend choice is left alone. Every file is written through
+``io.atomic_path``, so an interrupted run never leaves a half-written PNG.
+"""
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any, Mapping, Optional, Sequence, Union
+
+import numpy as np
+import torch
+from matplotlib import colormaps
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.patches import Patch
+
+from ..errors import unknown
+from ..io import atomic_path, read_image
+from ..predict import palette
+
+PathLike = Union[str, os.PathLike]
+ArrayLike = Union[np.ndarray, torch.Tensor]
+NORMALIZE = ("true", "pred", "all", "none")
+MAX_ANNOTATED = 20  # above this, per-cell numbers are unreadable and only the colours are drawn
+
+
+def _save(fig: Figure, path: PathLike, dpi: int = 100) -> Path:
+    """Render ``fig`` to ``path`` atomically, then drop its artists so nothing outlives the call."""
+    path = Path(path)
+    FigureCanvasAgg(fig)
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format=path.suffix.lstrip(".").lower() or "png", dpi=dpi)
+    finally:
+        fig.clear()
+    return path
+
+
+def _float(value: Any) -> float:
+    """A CSV cell or number as float; empty, missing or unparsable cells are NaN (a gap in the line)."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _compact(count: float) -> str:
+    """1234 -> '1.2k', 5600000 -> '5.6M': pixel counts must fit in a cell."""
+    for div, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if count >= div:
+            return f"{count / div:.1f}{suffix}"
+    return f"{count:.0f}"
+
+
+# ------------------------------------------------------------------------------------------ curves
+def plot_curves(rows: Sequence[Mapping[str, Any]], path: PathLike) -> Path:
+    """Loss (train/val, LR on a second axis) and mIoU/pixel accuracy per epoch, from metrics.csv rows."""
+    epochs = [_float(r.get("epoch", i + 1)) for i, r in enumerate(rows)]
+
+    def column(key: str) -> Optional[list[float]]:
+        values = [_float(r.get(key)) for r in rows]
+        return values if any(math.isfinite(v) for v in values) else None
+
+    fig = Figure(figsize=(11, 4), layout="constrained")
+    loss_ax, score_ax = fig.subplots(1, 2)
+    # Markers: a 1-epoch run is a single point, which a line alone would not show.
+    for key, label in (("train_loss", "train"), ("val_loss", "val")):
+        if (values := column(key)) is not None:
+            loss_ax.plot(epochs, values, marker="o", ms=3, label=label)
+    if (lrs := column("lr")) is not None and all(v > 0 for v in lrs if math.isfinite(v)):
+        # LR on its own log axis: warmup, decay and unfreezing steps line up with the loss they cause.
+        lr_ax = loss_ax.twinx()
+        lr_ax.plot(epochs, lrs, color="0.6", ls="--", lw=1, label="lr (right)")
+        lr_ax.set_yscale("log")
+        lr_ax.set_ylabel("learning rate", color="0.4")
+        handles, labels = (a + b for a, b in zip(loss_ax.get_legend_handles_labels(),
+                                                 lr_ax.get_legend_handles_labels()))
+        loss_ax.legend(handles, labels, loc="best", fontsize=8)
+    loss_ax.set(xlabel="epoch", ylabel="loss", title="loss")
+    for key, label in (("miou", "mIoU"), ("pixel_acc", "pixel accuracy")):
+        if (values := column(key)) is not None:
+            score_ax.plot(epochs, values, marker="o", ms=3, label=label)
+    if (miou := column("miou")) is not None:
+        best = int(np.nanargmax(miou))
+        score_ax.plot([epochs[best]], [miou[best]], "*", ms=12, color="C3",
+                      label=f"best mIoU {miou[best]:.4f} (epoch {epochs[best]:g})")
+    score_ax.set(xlabel="epoch", ylabel="score", title="validation")
+    for ax in (loss_ax, score_ax):
+        ax.grid(alpha=0.3)
+        if ax.get_legend() is None and ax.get_legend_handles_labels()[0]:
+            ax.legend(loc="best", fontsize=8)
+    if not rows:
+        fig.suptitle("no epochs yet")
+    return _save(fig, path)
+
+
+# ------------------------------------------------------------------------------------- predictions
+def _mask(mask: ArrayLike) -> np.ndarray:
+    """HxW class indices from indices or CxHxW scores (argmax over C)."""
+    m = mask.detach().cpu().numpy() if isinstance(mask, torch.Tensor) else np.asarray(mask)
+    return m.argmax(0) if m.ndim == 3 else m
+
+
+def colorize(mask: np.ndarray, num_classes: int, ignore_index: int = 255) -> np.ndarray:
+    """HxWx3 uint8 in the VOC palette; ``ignore_index`` (and any label outside the classes) is black."""
+    valid = (mask >= 0) & (mask < num_classes) & (mask != ignore_index)
+    rgb = palette(max(num_classes, 1))[np.where(valid, mask, 0).astype(np.int64)]
+    rgb[~valid] = 0
+    return rgb
+
+
+def _denormalize(image: ArrayLike, mean: Optional[Sequence[float]], std: Optional[Sequence[float]]) -> ArrayLike:
+    if mean is None or std is None:
+        return image
+    t = torch.as_tensor(image).float()
+    return t * torch.tensor(std).view(3, 1, 1) + torch.tensor(mean).view(3, 1, 1)
+
+
+def plot_predictions(images: Sequence[Any], targets: Sequence[ArrayLike], preds: Sequence[ArrayLike],
+                     classes: Sequence[str], path: PathLike, ignore_index: int = 255, max_samples: int = 8,
+                     mean: Optional[Sequence[float]] = None, std: Optional[Sequence[float]] = None) -> Path:
+    """A grid with a row per sample and columns image | ground truth | prediction, and a legend of the
+    classes present. Images: anything ``io.read_image`` takes (HxWx3 uint8, 3xHxW in [0, 1], PIL...),
+    or normalised 3xHxW tensors with ``mean``/``std`` given. Predictions: indices or CxHxW scores."""
+    n = min(len(images), len(targets), len(preds), max_samples)
+    fig = Figure(figsize=(9, 3 * max(n, 1) + 0.7), layout="constrained")  # + a row for the legend
+    axes = fig.subplots(max(n, 1), 3, squeeze=False)
+    present: set[int] = set()
+    has_ignore = False
+    for i in range(n):
+        image = read_image(_denormalize(images[i], mean, std)).permute(1, 2, 0).numpy()
+        target, pred = _mask(targets[i]), _mask(preds[i])
+        scored = (target != ignore_index) & (target >= 0) & (target < len(classes))
+        for m in (target, pred):
+            present.update(int(c) for c in np.unique(m) if 0 <= c < len(classes) and c != ignore_index)
+        has_ignore |= bool((~scored).any())
+        acc = float((pred[scored] == target[scored]).mean()) if scored.any() and pred.shape == target.shape else None
+        panels = [(image, "image"), (colorize(target, len(classes), ignore_index), "ground truth"),
+                  (colorize(pred, len(classes), ignore_index),
+                   "prediction" + (f" (pixel acc {acc:.3f})" if acc is not None else ""))]
+        for ax, (pixels, title) in zip(axes[i], panels):
+            ax.imshow(pixels, interpolation="nearest")
+            ax.set_title(title, fontsize=9)
+    for ax in axes.flat:
+        ax.set_axis_off()
+    colours = palette(max(len(classes), 1)) / 255.0
+    handles = [Patch(facecolor=colours[c], edgecolor="0.5", label=str(classes[c])) for c in sorted(present)]
+    if has_ignore:
+        handles.append(Patch(facecolor="black", edgecolor="0.5", label=f"ignored ({ignore_index}), not scored"))
+    if handles:
+        fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 6), fontsize=8)
+    return _save(fig, path)
+
+
+# -------------------------------------------------------------------------------------- confusion
+def normalize_confusion(matrix: ArrayLike, normalize: Optional[str] = "true") -> np.ndarray:
+    """Rows are labels, columns predictions (as ConfusionMatrix.mat). ``true``: each row sums to 1
+    (recall per class); ``pred``: each column (precision); ``all``: the whole; ``none``: counts.
+    Rows/columns without pixels are NaN, not 0: nothing was measured there."""
+    mat = np.asarray(matrix.detach().cpu() if isinstance(matrix, torch.Tensor) else matrix, dtype=np.float64)
+    norm = "none" if normalize is None else normalize
+    if norm not in NORMALIZE:
+        raise unknown("confusion normalisation", norm, NORMALIZE, "normalize")
+    if norm == "none":
+        return mat
+    total = {"true": mat.sum(1, keepdims=True), "pred": mat.sum(0, keepdims=True), "all": mat.sum()}[norm]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(total > 0, mat / np.where(total > 0, total, 1), np.nan)
+
+
+def plot_confusion(matrix: Any, classes: Sequence[str], path: PathLike, normalize: Optional[str] = "true") -> Path:
+    """A heatmap of a confusion matrix (label rows x predicted columns) with class names, and each
+    cell's value written in when there are at most 20 classes. ``matrix``: array, tensor or ConfusionMatrix."""
+    mat = normalize_confusion(getattr(matrix, "mat", matrix), normalize)
+    n = len(classes)
+    if mat.shape != (n, n):
+        raise ValueError(f"confusion matrix of shape {mat.shape} for {n} classes")
+    side = min(4 + 0.45 * n, 24)  # grows with the classes, capped so 150 classes stay a few MB at most
+    fig = Figure(figsize=(side + 1.5, side), layout="constrained")
+    ax = fig.subplots()
+    counts = normalize in (None, "none")
+    vmax = np.nanmax(mat) if counts and np.isfinite(mat).any() else 1.0
+    cmap = colormaps["Blues"].with_extremes(bad="0.85")  # grey: no pixels in that row/column, so no rate
+    im = ax.imshow(np.ma.masked_invalid(mat), cmap=cmap, vmin=0, vmax=max(vmax, 1e-12), interpolation="nearest")
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02, label="pixels" if counts else f"fraction ({normalize})")
+    font = max(3.0, min(9.0, 220.0 / max(n, 1)))
+    ax.set_xticks(range(n), [str(c) for c in classes], rotation=90, fontsize=font)
+    ax.set_yticks(range(n), [str(c) for c in classes], fontsize=font)
+    ax.set(xlabel="predicted", ylabel="label", title="confusion matrix" + ("" if counts else f" ({normalize})"))
+    if n <= MAX_ANNOTATED:
+        for (r, c), v in np.ndenumerate(mat):
+            if math.isfinite(v):
+                text = _compact(v) if counts else f"{v:.2f}"
+                ax.text(c, r, text, ha="center", va="center", fontsize=font * 0.85,
+                        color="white" if v > 0.6 * vmax else "black")
+    return _save(fig, path)

@@ -1,0 +1,136 @@
+"""A segmentation model's forward split at the backbone: ``encode`` (its features) and ``decode`` (the rest).
+
+``decode(model, encode(model, x), x.shape[-2:])`` equals ``model(x)``: ``decode`` mirrors the forward of
+``SegmentationModel`` and of torchvision's FCN/DeepLabV3 (``_SimpleSegmentationModel``) and LRASPP, so a
+frozen backbone's features can be computed once and the neck and head trained on them.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+from contextlib import contextmanager
+from typing import Iterator, Mapping, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.models.segmentation._utils import _SimpleSegmentationModel
+from torchvision.models.segmentation.lraspp import LRASPP
+
+from ..models.build import SegmentationModel
+
+WRAPPERS = (nn.DataParallel, nn.parallel.DistributedDataParallel)
+
+
+def _kind(model: nn.Module) -> str:
+    if isinstance(model, SegmentationModel):
+        return "assembled"
+    if isinstance(model, LRASPP):
+        return "lraspp"
+    if isinstance(model, _SimpleSegmentationModel):  # FCN, DeepLabV3
+        return "simple"
+    if isinstance(model, WRAPPERS):
+        # Calling the wrapped module's parts directly would skip DDP's gradient synchronisation.
+        raise TypeError(f"split_forward: pass the model that {type(model).__name__} wraps (.module); to "
+                        "distribute the decoding, wrap Decoder(model) instead")
+    raise TypeError(f"split_forward: cannot split {type(model).__name__}; supported: SegmentationModel "
+                    "and torchvision's FCN, DeepLabV3 and LRASPP")
+
+
+def can_split(model: nn.Module) -> bool:
+    """Whether ``encode``/``decode`` know this model's forward."""
+    try:
+        _kind(model)
+    except TypeError:
+        return False
+    return True
+
+
+@contextmanager
+def eval_mode(module: nn.Module) -> Iterator[nn.Module]:
+    """Every submodule in eval mode inside the block, then back to its own mode (held BatchNorm included)."""
+    modes = [(m, m.training) for m in module.modules()]
+    try:
+        for m, _ in modes:
+            m.training = False  # set directly: a BatchNorm held by apply_freeze overrides train()
+        yield module
+    finally:
+        for m, training in modes:
+            m.training = training
+
+
+def _up(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+
+
+def encode(model: nn.Module, x: torch.Tensor, keys: Optional[Sequence[str]] = None) -> dict[str, torch.Tensor]:
+    """The backbone's features of ``x``, as the rest of the network reads them; ``keys`` keeps only those."""
+    kind = _kind(model)
+    feats = OrderedDict(model.backbone(x))
+    if kind == "simple" and model.aux_classifier is None:
+        feats.pop("aux", None)  # a pretrained zoo model keeps returning it after aux_loss=False
+    if keys is None:
+        return feats
+    missing = [k for k in keys if k not in feats]
+    if missing:
+        raise KeyError(f"encode: the backbone returns no {', '.join(missing)} (it returns {', '.join(feats)})")
+    return OrderedDict((k, v) for k, v in feats.items() if k in keys)  # backbone order: heads may rely on it
+
+
+def decode(model: nn.Module, feats: Mapping[str, torch.Tensor], size: Sequence[int]) -> dict[str, torch.Tensor]:
+    """Neck, head and aux head on backbone features, upsampled to ``size``: ``{"out", "aux"?}`` like ``model(x)``."""
+    kind = _kind(model)
+    size = tuple(size)[-2:]
+    feats = OrderedDict(feats)  # a copy: nothing downstream may alter a cached dict
+    if kind == "assembled":
+        out = {"out": _up(model.head(model.neck(feats)), size)}
+        if model.aux_classifier is not None:
+            out["aux"] = _up(model.aux_classifier(feats["layer3"]), size)
+        return out
+    result: "OrderedDict[str, torch.Tensor]" = OrderedDict()
+    if kind == "lraspp":
+        result["out"] = _up(model.classifier(feats), size)
+        return result
+    result["out"] = _up(model.classifier(feats["out"]), size)
+    if model.aux_classifier is not None:
+        result["aux"] = _up(model.aux_classifier(feats["aux"]), size)
+    return result
+
+
+def used_features(model: nn.Module, feats: Mapping[str, torch.Tensor], size: Sequence[int]) -> list[str]:
+    """The keys of ``feats`` that ``decode`` reads, in order; all of them unless leaving the rest out
+    provably gives the same output.
+
+    Found by gradient (a key no output depends on gets none), so it holds for any neck or head: e.g. an
+    FCN head on the identity neck reads only ``layer4`` (plus ``layer3`` for the aux head), which is what
+    keeps a feature cache of a ResNet small. Modules run in eval mode here, then get their modes back.
+    """
+    # Eval mode: no BatchNorm statistics update and no dropout, so the two passes can be compared.
+    with eval_mode(model), torch.enable_grad():
+        # A clone: inference tensors (from torch.inference_mode) cannot require grad.
+        probe = OrderedDict((k, v.detach().clone().requires_grad_(True)) for k, v in feats.items())
+        full = decode(model, probe, size)
+        total = sum(o.float().sum() for o in full.values())
+        grads = torch.autograd.grad(total, list(probe.values()), allow_unused=True)
+        keys = [k for k, g in zip(probe, grads) if g is not None]
+        if len(keys) == len(probe):
+            return keys
+        with torch.no_grad():
+            try:
+                kept = decode(model, OrderedDict((k, feats[k]) for k in keys), size)
+            except (KeyError, IndexError, StopIteration, RuntimeError):  # read for its shape only, say
+                return list(feats)
+    same = set(kept) == set(full) and all(
+        torch.allclose(kept[k], full[k].detach(), rtol=1e-4, atol=1e-6) for k in full)
+    return keys if same else list(feats)
+
+
+class Decoder(nn.Module):
+    """``decode`` as a module, for wrappers that must see a forward (DistributedDataParallel, compile)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        _kind(model)
+        self.model = model
+
+    def forward(self, feats: Mapping[str, torch.Tensor], size: Sequence[int]) -> dict[str, torch.Tensor]:
+        return decode(self.model, feats, size)

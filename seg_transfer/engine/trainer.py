@@ -1,0 +1,394 @@
+"""The fine-tuning loop: config -> data, model, transfer init, freezing -> epochs of train/eval ->
+metrics.csv, curves.png, predictions.png, last.pt / best.pt. One engine; rank-0-only I/O."""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from ..config import Config, dump_config, to_dict
+from ..data.checks import label_frequencies
+from ..data.registry import build_dataset
+from ..data.transforms import SegCollate, build_transforms
+from ..errors import SegTransferError
+from ..io import save_text
+from ..models import weights as W
+from ..models.build import build_model
+from ..models.checkpoint import read_checkpoint, save_checkpoint
+from ..predict import resolve_device
+from ..transfer import (TransferReport, apply_freeze, class_aware_init, freeze_table, load_matching,
+                        param_groups, unfreeze)
+from . import distributed as D
+from .losses import SegmentationCriterion, build_loss
+from .metrics import ConfusionMatrix
+from .optim import add_param_group, autocast_settings, build_optimizer, build_scheduler
+
+METRIC_FIELDS = ("epoch", "train_loss", "val_loss", "miou", "pixel_acc", "mean_acc", "lr", "seconds")
+
+
+class TrainingDiverged(SegTransferError):
+    """The loss became NaN or infinite."""
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    history: list[dict[str, float]] = field(default_factory=list)
+    best_miou: float = float("nan")
+    best_epoch: int = -1
+    stopped_early: bool = False
+
+
+def seed_everything(seed: int, deterministic: bool = False) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+
+
+def _source_weights(cfg: Config) -> Optional[tuple[list[str], dict[str, torch.Tensor], str]]:
+    """(classes, state dict, description) of the whole-model weights a run starts from, if any."""
+    if cfg.train.init_from:
+        ckpt = read_checkpoint(cfg.train.init_from)
+        return list(ckpt["classes"]), ckpt["state_dict"], f"checkpoint {cfg.train.init_from}"
+    if cfg.model.name and cfg.model.weights is not None:
+        resolved = W.resolve(cfg.model.name, cfg.model.weights)
+        if isinstance(resolved, W.WeightsEnum):
+            return W.categories(resolved), W.read_state_dict(W.cache_path(resolved)), W.entry_name(resolved)
+        if isinstance(resolved, Path):
+            return W.categories(W.weights_enum(cfg.model.name).DEFAULT), W.read_state_dict(resolved), str(resolved)
+    return None
+
+
+class Trainer:
+    """Build everything a config describes, then ``fit()``."""
+
+    def __init__(self, cfg: Config, run_dir: Optional[Path] = None, resume: bool = False,
+                 progress: bool = True, log: Callable[[str], None] = print) -> None:
+        self.cfg, self.resume, self.progress = cfg, resume, progress and D.is_main()
+        self.log = log if D.is_main() else (lambda _msg: None)
+        t = cfg.train
+        seed_everything(t.seed, t.deterministic)
+        self.device = resolve_device(None if t.device == "auto" else t.device)
+        self.run_dir = Path(run_dir) if run_dir else Path(cfg.output.dir) / (cfg.output.name or _default_name(cfg))
+
+        splits = build_dataset(cfg.data)
+        self.classes, self.ignore_index = list(splits.classes), splits.ignore_index
+        model_cfg = {**to_dict(cfg.model), "classes": self.classes, "num_classes": None}
+        self.model = build_model(model_cfg)
+        self.report = self._transfer_init()
+        f = cfg.freeze
+        self.freeze_state = apply_freeze(self.model, f.strategy, f.stages, f.unfreeze_from, f.bn)
+        self.model.to(self.device)
+
+        train_t, val_t = build_transforms(**to_dict(cfg.augment), preprocess=self.model.info.preprocess,
+                                          ignore_index=self.ignore_index)
+        self.train_set = D.EpochSeeded(splits.train.with_transform(train_t), t.seed)
+        self.val_set = self.val_images = splits.val.with_transform(val_t)
+        self.collate = SegCollate(self.ignore_index)
+        self.cached = self._use_cache()
+        if self.cached:
+            self._build_caches()
+
+        spec: Any = t.loss
+        if t.class_weights is not None:
+            spec = {"name": t.loss, "class_weights": t.class_weights} if isinstance(t.loss, str) else t.loss
+        needs_counts = isinstance(t.class_weights, str)
+        counts = label_frequencies(splits.train).tolist() if needs_counts else None
+        self.criterion = SegmentationCriterion(build_loss(spec, len(self.classes), self.ignore_index, counts),
+                                               aux_weight=t.aux_weight)
+
+        self.steps_per_epoch = max(1, math.ceil(len(self.train_set) / D.world_size() / t.batch_size / t.accumulate))
+        self.optimizer = build_optimizer(param_groups(self.model, t.lr, t.backbone_lr_mult), t.optimizer, lr=t.lr,
+                                         momentum=t.momentum, weight_decay=t.weight_decay)
+        self.scheduler = build_scheduler(self.optimizer, t.scheduler, total_steps=t.epochs * self.steps_per_epoch,
+                                         warmup_steps=round(t.warmup_epochs * self.steps_per_epoch),
+                                         step_size=t.step_epochs * self.steps_per_epoch, gamma=t.gamma)
+        self.amp_enabled, self.amp_dtype = autocast_settings(self.device, t.amp)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_enabled
+                                           and self.amp_dtype == torch.float16)
+        self.start_epoch, self.best, self.best_epoch, self.history = 0, -1.0, -1, []
+        self.unfrozen: list[str] = []
+        if resume:
+            self._load_state(self.run_dir / "last.pt")
+
+    # ------------------------------------------------------------------------------------- set-up
+
+    def _transfer_init(self) -> TransferReport | None:
+        source = _source_weights(self.cfg)
+        if source is None:
+            return None
+        source_classes, state, description = source
+        with torch.no_grad():
+            report = load_matching(self.model, state)
+            report.source = description
+            if self.cfg.freeze.class_aware_init and source_classes and list(source_classes) != self.classes:
+                try:
+                    report.class_aware = class_aware_init(self.model, source_classes, self.classes, state)
+                except SegTransferError as err:  # the source has no classifier of the expected shape
+                    report.class_aware = []
+                    self.log(f"class-aware init skipped: {err}")
+        return report
+
+    def _use_cache(self) -> bool:
+        """The feature cache is on when asked, or by default when the backbone is wholly frozen for good."""
+        from .cache import can_cache, trainable_backbone
+
+        wanted = self.cfg.cache.enabled
+        if wanted is False:
+            return False
+        if self.cfg.freeze.schedule:
+            if wanted:
+                raise SegTransferError("cache.enabled: the feature cache needs a backbone that stays frozen, "
+                                       "but freeze.schedule unfreezes stages during training")
+            return False
+        if not can_cache(self.model):
+            if wanted:
+                raise SegTransferError(f"cache.enabled: backbone parameters still train "
+                                       f"({', '.join(trainable_backbone(self.model)[:3])}...); use "
+                                       f"freeze.strategy: feature_extraction")
+            return False
+        return True
+
+    def _build_caches(self) -> None:
+        """Run the frozen backbone once per (train item, copy) and once per val item; epochs then train
+        only the neck and head on the stored features."""
+        from .cache import CachedFeatureDataset, FeatureCache, collate_features
+
+        c, t = self.cfg.cache, self.cfg.train
+        common = dict(dtype=c.dtype, max_bytes=int(c.max_gb * 2**30), seed=t.seed, workers=t.workers,
+                      progress=self.progress)
+        start = time.perf_counter()
+        train = FeatureCache.build(self.model, self.train_set.dataset, c.copies, **common)
+        val = FeatureCache.build(self.model, self.val_set, 1, batch_size=1, **common)
+        self.train_set, self.val_set = CachedFeatureDataset(train, seed=t.seed), CachedFeatureDataset(val)
+        self.collate = collate_features
+        self.log(f"feature cache: {len(train)} x {c.copies} train + {len(val)} val items, "
+                 f"{(train.nbytes + val.nbytes) / 2**20:.0f} MiB, built in {time.perf_counter() - start:.1f}s")
+
+    def forward(self, inputs: Any, size: Any) -> dict[str, torch.Tensor]:
+        """The model on images, or its neck and head on cached backbone features."""
+        if self.cached:
+            from .split_forward import decode
+            return decode(self.model, inputs, size)
+        return self.model(inputs)
+
+    def _unfreeze_for(self, epoch: int) -> None:
+        """Apply ``freeze.schedule`` entries due at ``epoch``: stages join the optimizer at the backbone LR."""
+        for at, stage in sorted(self.cfg.freeze.schedule.items()):
+            if at == epoch and stage not in self.unfrozen:
+                new = unfreeze(self.model, stage, self.freeze_state)
+                if new:
+                    add_param_group(self.optimizer, self.scheduler, new, self.cfg.train.backbone_lr_mult)
+                self.unfrozen.append(stage)
+                self.log(f"epoch {epoch + 1}: unfroze {stage} ({sum(p.numel() for p in new):,} parameters)")
+
+    # ----------------------------------------------------------------------------------- training
+
+    def train_epoch(self, epoch: int) -> float:
+        t = self.cfg.train
+        torch.manual_seed(t.seed * 1000 + epoch)  # dropout etc.: a function of (seed, epoch), for exact resume
+        self.model.train()
+        loader = D.make_loader(self.train_set, t.batch_size, shuffle=True, seed=t.seed, epoch=epoch,
+                               workers=t.workers, collate_fn=self.collate,
+                               drop_last=len(self.train_set) > t.batch_size)
+        total, count = 0.0, 0
+        self.optimizer.zero_grad(set_to_none=True)
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{t.epochs}", unit="batch", leave=False,
+                   disable=not self.progress)
+        for step, (inputs, masks) in enumerate(bar):
+            inputs, masks = _to(inputs, self.device), masks.to(self.device)
+            with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_enabled):
+                loss = self.criterion(self.forward(inputs, masks.shape[-2:]), masks)
+            if not torch.isfinite(loss):
+                raise TrainingDiverged(
+                    f"epoch {epoch + 1}, batch {step + 1}: loss is {loss.item()}; stopped (best.pt is intact). "
+                    f"Lower train.lr (now {t.lr}), set train.grad_clip, or train.amp=off")
+            self.scaler.scale(loss / t.accumulate).backward()
+            if (step + 1) % t.accumulate == 0 or step + 1 == len(loader):
+                if t.grad_clip:
+                    self.scaler.unscale_(self.optimizer)
+                    torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip)
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+                self.optimizer.zero_grad(set_to_none=True)
+                self.scheduler.step()
+            total += loss.item() * masks.shape[0]
+            count += masks.shape[0]
+            bar.set_postfix(loss=f"{total / count:.4f}")
+        return total / max(count, 1)
+
+    @torch.inference_mode()
+    def evaluate(self) -> tuple[float, dict[str, Any], ConfusionMatrix]:
+        """Val loss and metrics over the val split (all ranks contribute to the confusion matrix)."""
+        return evaluate(self.model, self.val_set, self.criterion, len(self.classes), self.ignore_index,
+                        self.device, self.cfg.train.val_batch_size, self.collate, self.progress,
+                        (self.amp_enabled, self.amp_dtype), forward=self.forward)
+
+    def fit(self) -> RunResult:
+        t = self.cfg.train
+        if D.is_main():
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            save_text(dump_config(self.cfg), self.run_dir / "config.yaml")
+            if self.report is not None:
+                save_text(json.dumps(self.report.to_dict(), indent=1) + "\n", self.run_dir / "transfer_report.json")
+        self._print_start()
+        stale = 0
+        result = RunResult(self.run_dir, self.history, self.best, self.best_epoch)
+        for epoch in range(self.start_epoch, t.epochs):
+            self._unfreeze_for(epoch)
+            start = time.perf_counter()
+            train_loss = self.train_epoch(epoch)
+            val_loss, metrics, matrix = self.evaluate()
+            row = {"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val_loss, "miou": metrics["miou"],
+                   "pixel_acc": metrics["pixel_accuracy"], "mean_acc": metrics["mean_accuracy"],
+                   "lr": self.optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - start}
+            self.history.append(row)
+            improved = metrics["miou"] > self.best
+            if improved:
+                self.best, self.best_epoch, stale = metrics["miou"], epoch + 1, 0
+            else:
+                stale += 1
+            self.log(f"epoch {epoch + 1}/{t.epochs}  train_loss {train_loss:.4f}  val_loss {val_loss:.4f}  "
+                     f"mIoU {metrics['miou']:.4f}  pixel_acc {metrics['pixel_accuracy']:.4f}  "
+                     f"lr {row['lr']:.2e}  {row['seconds']:.1f}s" + ("  *best*" if improved else ""))
+            if D.is_main():
+                self._write_epoch(epoch, metrics, improved)
+            if t.patience is not None and stale >= t.patience:
+                self.log(f"early stop: no mIoU gain for {t.patience} epoch(s); best {self.best:.4f} "
+                         f"at epoch {self.best_epoch}")
+                result.stopped_early = True
+                break
+        result.best_miou, result.best_epoch = self.best, self.best_epoch
+        return result
+
+    # ------------------------------------------------------------------------------ outputs, state
+
+    def _print_start(self) -> None:
+        self.log(f"run folder: {self.run_dir}")
+        self.log(f"data: {len(self.train_set)} train / {len(self.val_set)} val images, "
+                 f"{len(self.classes)} classes; device {self.device}")
+        if self.report is not None:
+            self.log(self.report.format())
+        self.log(freeze_table(self.model))
+
+    def _write_epoch(self, epoch: int, metrics: dict[str, Any], improved: bool) -> None:
+        from .plots import plot_curves, plot_predictions
+
+        _write_csv(self.run_dir / "metrics.csv", self.history)
+        save_text(json.dumps({**metrics, "classes": self.classes}, indent=1, default=float) + "\n",
+                  self.run_dir / "val_metrics_last.json")
+        plot_curves(self.history, self.run_dir / "curves.png")
+        if self.cfg.output.num_predictions:
+            images, targets, preds = sample_predictions(self.model, self.val_images, self.cfg.output.num_predictions,
+                                                        self.device)
+            plot_predictions(images, targets, preds, self.classes, self.run_dir / "predictions.png",
+                             ignore_index=self.ignore_index)
+        extra = {"epoch": epoch + 1, "best_miou": float(self.best), "best_epoch": self.best_epoch,
+                 "history": [dict(r) for r in self.history], "unfrozen": list(self.unfrozen),
+                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                 "scaler": self.scaler.state_dict(), "config": to_dict(self.cfg), "metrics": _plain(metrics)}
+        save_checkpoint(self.run_dir / "last.pt", self.model, **extra)
+        if improved:
+            save_checkpoint(self.run_dir / "best.pt", self.model, **extra)
+
+    def _load_state(self, path: Path) -> None:
+        ckpt = read_checkpoint(path)
+        for stage in ckpt.get("unfrozen", []):  # rebuild the optimizer's param groups in their order
+            new = unfreeze(self.model, stage, self.freeze_state)
+            if new:
+                add_param_group(self.optimizer, self.scheduler, new, self.cfg.train.backbone_lr_mult)
+            self.unfrozen.append(stage)
+        W.load_into(self.model, ckpt["state_dict"], path)
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        self.scaler.load_state_dict(ckpt["scaler"])
+        self.start_epoch, self.best, self.best_epoch = ckpt["epoch"], ckpt["best_miou"], ckpt["best_epoch"]
+        self.history[:] = ckpt["history"]
+        self.log(f"resumed from {path} at epoch {self.start_epoch}")
+
+
+def evaluate(model: nn.Module, dataset: Any, criterion: Optional[nn.Module], num_classes: int, ignore_index: int,
+             device: torch.device, batch_size: int = 1, collate: Optional[Callable] = None, progress: bool = False,
+             amp: tuple[bool, Optional[torch.dtype]] = (False, None), forward: Optional[Callable] = None
+             ) -> tuple[float, dict[str, Any], ConfusionMatrix]:
+    """Loss and segmentation metrics of ``model`` over ``dataset`` (transformed (image, mask) pairs, or
+    cached features with ``forward(inputs, size)``)."""
+    forward = forward or (lambda inputs, _size: model(inputs))
+    model.eval()
+    matrix = ConfusionMatrix(num_classes, ignore_index)
+    loader = D.make_loader(dataset, batch_size, shuffle=False, seed=0, collate_fn=collate or SegCollate(ignore_index))
+    total, count = 0.0, 0
+    with torch.inference_mode():
+        for inputs, masks in tqdm(loader, desc="eval", unit="batch", leave=False, disable=not progress):
+            inputs, masks = _to(inputs, device), masks.to(device)
+            with torch.autocast(device.type, dtype=amp[1], enabled=amp[0]):
+                out = forward(inputs, masks.shape[-2:])
+            if criterion is not None:
+                total += criterion({k: v.float() for k, v in out.items()}, masks).item() * masks.shape[0]
+                count += masks.shape[0]
+            matrix.update(out["out"].argmax(1), masks)
+    matrix.reduce()
+    return total / max(count, 1), matrix.compute(), matrix
+
+
+@torch.inference_mode()
+def sample_predictions(model: nn.Module, dataset: Any, n: int, device: torch.device
+                       ) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
+    """The first ``n`` val items as (uint8 image, target, prediction) arrays for predictions.png."""
+    model.eval()
+    norm = model.info.preprocess
+    mean, std = torch.tensor(norm.mean).view(3, 1, 1), torch.tensor(norm.std).view(3, 1, 1)
+    images, targets, preds = [], [], []
+    for i in range(min(n, len(dataset))):
+        image, mask = dataset[i]
+        pred = model(image[None].to(device))["out"].argmax(1)[0].cpu()
+        images.append(((image * std + mean).clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy())
+        targets.append(mask.numpy())
+        preds.append(pred.numpy())
+    return images, targets, preds
+
+
+def _to(inputs: Any, device: torch.device) -> Any:
+    """Images, or a dict of cached features, onto ``device``."""
+    if isinstance(inputs, dict):
+        return {k: v.to(device) for k, v in inputs.items()}
+    return inputs.to(device)
+
+
+def _plain(metrics: dict[str, Any]) -> dict[str, Any]:
+    """Metrics as floats/lists only (checkpoints load with weights_only=True)."""
+    out: dict[str, Any] = {}
+    for k, v in metrics.items():
+        if isinstance(v, torch.Tensor):
+            v = v.tolist()
+        out[k] = [float(x) for x in v] if isinstance(v, (list, tuple)) else float(v)
+    return out
+
+
+def _write_csv(path: Path, rows: list[dict[str, float]]) -> None:
+    import io as _io
+
+    buf = _io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=METRIC_FIELDS, extrasaction="ignore")
+    writer.writeheader()
+    for r in rows:
+        writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
+    save_text(buf.getvalue(), path)
+
+
+def _default_name(cfg: Config) -> str:
+    model = cfg.model.name or f"{cfg.model.backbone}_{cfg.model.neck}_{cfg.model.head}"
+    return f"{model}_{time.strftime('%Y%m%d-%H%M%S')}"
