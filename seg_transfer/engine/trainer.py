@@ -76,9 +76,10 @@ class Trainer:
     """Build everything a config describes, then ``fit()``."""
 
     def __init__(self, cfg: Config, run_dir: Optional[Path] = None, resume: bool = False,
-                 progress: bool = True, log: Callable[[str], None] = print) -> None:
+                 progress: bool = True, log: Optional[Callable[[str], None]] = None) -> None:
         self.cfg, self.resume, self.progress = cfg, resume, progress and D.is_main()
-        self.log = log if D.is_main() else (lambda _msg: None)
+        # flush: a run logged to a file (nohup, CI) shows each epoch as it ends
+        self.log = (log or (lambda msg: print(msg, flush=True))) if D.is_main() else (lambda _msg: None)
         t = cfg.train
         seed_everything(t.seed, t.deterministic)
         self.device = resolve_device(None if t.device == "auto" else t.device)

@@ -25,13 +25,7 @@ SIZE = 64
 RANDOM_STEPS = [{"name": "HorizontalFlip", "p": 0.5}, {"name": "RandomCrop", "height": 48, "width": 48}]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors gain nothing from threads, and OpenMP's spinning stalls when test runs share the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class Arrays(torch.utils.data.Dataset):

@@ -18,13 +18,7 @@ ASSEMBLED = ([("resnet18", n, h) for h in sorted(HEAD_NECKS) for n in HEAD_NECKS
 assert {b for b, _, _ in ASSEMBLED} <= set(BACKBONES)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors gain nothing from threads, and OpenMP's spinning stalls when test runs share the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def zoo(name: str, aux: bool = True) -> nn.Module:
