@@ -3,8 +3,9 @@
 A stand-in is a torchvision architecture built with a fixed seed and ``weights=None`` and saved under
 the official checkpoint file name in ``$TORCH_HOME/hub/checkpoints``, so torchvision's own loading path
 (enum -> cache hit -> strict ``load_state_dict``) runs for real. Its values are random: it proves two
-pipelines agree, never that a model is accurate. ``seg-transfer weights verify`` reports it as a
-hash mismatch.
+pipelines agree, never that a model is accurate. Its BatchNorm statistics are calibrated on random
+images so that eval-mode activations are well scaled, as in a trained network. ``seg-transfer weights
+verify`` reports it as a hash mismatch.
 """
 from __future__ import annotations
 
@@ -14,6 +15,38 @@ from pathlib import Path
 
 import torch
 import torchvision
+
+
+@torch.no_grad()
+def calibrate_batchnorm(net: torch.nn.Module, seed: int = 0, batches: int = 4, size: int = 128) -> None:
+    """Set BatchNorm running statistics from a few random images, as training would have.
+
+    A fresh network keeps mean 0 / variance 1, which in eval mode scales activations arbitrarily (a
+    stand-in MobileNet then predicts one class everywhere); a trained checkpoint never looks like that.
+    Models whose forward does not take an image batch (detectors) are left as they are.
+    """
+    bns = [m for m in net.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    if not bns:
+        return
+    momenta = [bn.momentum for bn in bns]
+    for bn in bns:
+        bn.reset_running_stats()
+        bn.momentum = None  # cumulative average over the calibration batches
+    generator = torch.Generator().manual_seed(seed)
+    net.train()
+    try:
+        for _ in range(batches):
+            # Smooth random images, normalised as ImageNet photos are: roughly unit-variance inputs.
+            low = torch.rand(2, 3, size // 8, size // 8, generator=generator)
+            x = torch.nn.functional.interpolate(low, size=(size, size), mode="bilinear", align_corners=False)
+            net((x - 0.45) / 0.225)
+    except (TypeError, ValueError, AssertionError):  # not an image-batch model
+        for bn in bns:
+            bn.reset_running_stats()
+    finally:
+        for bn, momentum in zip(bns, momenta):
+            bn.momentum = momentum
+        net.eval()
 
 
 def build_standin(model: str, entry: str = "DEFAULT", seed: int = 0) -> Path:
@@ -32,6 +65,7 @@ def build_standin(model: str, entry: str = "DEFAULT", seed: int = 0) -> Path:
         kwargs["weights_backbone"] = None
     torch.manual_seed(seed)
     net = torchvision.models.get_model(model, **kwargs)
+    calibrate_batchnorm(net, seed)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.part")
     torch.save(net.state_dict(), tmp)
