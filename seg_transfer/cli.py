@@ -120,7 +120,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     trainer = Trainer(cfg, run_dir=Path(args.resume) if args.resume else args.run_dir,
                       resume=bool(args.resume), progress=not args.quiet)
     result = trainer.fit()
-    print(f"best val mIoU {result.best_miou:.4f} at epoch {result.best_epoch}; "
+    print(f"best val {trainer.task.metric_label} {result.best:.4f} at epoch {result.best_epoch}; "
           f"checkpoints in {result.run_dir}/ (best.pt, last.pt)")
     return 0
 
@@ -131,11 +131,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     cfg = _load_run_config(args)
     report = evaluate_checkpoint(cfg, args.checkpoint, out_dir=args.out, device=args.device,
                                  progress=not args.quiet)
-    print(f"mIoU {report['miou']:.4f}  pixel_acc {report['pixel_accuracy']:.4f}  "
-          f"mean_acc {report['mean_accuracy']:.4f}  ({report['images']} images)")
-    for name, iou in zip(report["classes"], report["iou"]):
-        print(f"  {name:<20} IoU {iou:.4f}")
-    print(f"report: {report['out_dir']}/metrics.json, confusion.png")
+    first, *rest = report["summary"]
+    print(f"{first}  ({report['images']} images)")
+    for line in rest:
+        print(line)
+    print(f"report: {report['out_dir']}/ ({', '.join(report['files'])})")
     return 0
 
 

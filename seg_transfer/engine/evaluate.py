@@ -6,35 +6,35 @@ import os
 from pathlib import Path
 from typing import Any, Optional, Union
 
-from ..config import Config, to_dict
+from ..config import Config
 from ..data.registry import build_dataset
-from ..data.transforms import build_transforms
 from ..errors import ConfigError
 from ..io import save_text
 from ..models.checkpoint import load_checkpoint
 from ..predict import resolve_device
+from .tasks import build_task
 from .trainer import _plain, evaluate
 
 
 def evaluate_checkpoint(cfg: Config, checkpoint: Union[str, os.PathLike], out_dir: Optional[str] = None,
                         device: Optional[str] = "cpu", progress: bool = True) -> dict[str, Any]:
-    """Metrics of ``checkpoint`` on ``cfg``'s val split, written to ``out_dir`` (metrics.json, confusion.png)."""
-    from .plots import plot_confusion
-
+    """Metrics of ``checkpoint`` on ``cfg``'s val split, written to ``out_dir`` (metrics.json and the
+    task's plots, e.g. confusion.png)."""
     device_ = resolve_device(device)
     model = load_checkpoint(checkpoint, device_)
     splits = build_dataset(cfg.data)
     classes = list(model.info.classes)
     if list(splits.classes) != classes:
         raise ConfigError(f"data.classes {list(splits.classes)} differ from the checkpoint's {classes}")
-    _, val_t = build_transforms(**to_dict(cfg.augment), preprocess=model.info.preprocess,
-                                ignore_index=splits.ignore_index)
+    task = build_task(model.info.task, cfg, splits)
+    _, val_t = task.transforms(cfg.augment, model.info.preprocess)
     dataset = splits.val.with_transform(val_t)
-    _, metrics, matrix = evaluate(model, dataset, None, len(classes), splits.ignore_index, device_,
-                                  cfg.train.val_batch_size, progress=progress)
+    val_loss, metrics, meter = evaluate(model, dataset, task, device_, cfg.train.val_batch_size, progress=progress)
     out = Path(out_dir) if out_dir else Path(checkpoint).resolve().parent / "eval"
-    report = {**_plain(metrics), "classes": classes, "images": len(dataset), "checkpoint": str(checkpoint),
-              "confusion": matrix.mat.tolist(), "out_dir": str(out)}
+    out.mkdir(parents=True, exist_ok=True)
+    extra = task.write_report(metrics, meter, out)
+    report = {**_plain(metrics), "val_loss": val_loss, "classes": classes, "images": len(dataset),
+              "checkpoint": str(checkpoint), **extra, "out_dir": str(out),
+              "summary": task.report_lines(metrics), "files": ["metrics.json", *sorted(extra.get("files", []))]}
     save_text(json.dumps(report, indent=1) + "\n", out / "metrics.json")
-    plot_confusion(matrix.mat.cpu().numpy(), classes, out / "confusion.png")
     return report

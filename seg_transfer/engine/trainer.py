@@ -1,5 +1,6 @@
 """The fine-tuning loop: config -> data, model, transfer init, freezing -> epochs of train/eval ->
-metrics.csv, curves.png, predictions.png, last.pt / best.pt. One engine; rank-0-only I/O."""
+metrics.csv, curves.png, predictions.png, last.pt / best.pt. One engine for every task (what differs
+lives in ``engine/tasks/``); rank-0-only I/O."""
 from __future__ import annotations
 
 import csv
@@ -17,9 +18,7 @@ from torch import nn
 from tqdm import tqdm
 
 from ..config import Config, dump_config, to_dict
-from ..data.checks import label_frequencies
 from ..data.registry import build_dataset
-from ..data.transforms import SegCollate, build_transforms
 from ..errors import SegTransferError
 from ..io import save_text
 from ..models import weights as W
@@ -29,11 +28,9 @@ from ..predict import resolve_device
 from ..transfer import (TransferReport, apply_freeze, class_aware_init, freeze_table, load_matching,
                         param_groups, unfreeze)
 from . import distributed as D
-from .losses import SegmentationCriterion, build_loss
-from .metrics import ConfusionMatrix
 from .optim import add_param_group, autocast_settings, build_optimizer, build_scheduler
+from .tasks import Meter, Task, build_task
 
-METRIC_FIELDS = ("epoch", "train_loss", "val_loss", "miou", "pixel_acc", "mean_acc", "lr", "seconds")
 
 
 class TrainingDiverged(SegTransferError):
@@ -44,9 +41,15 @@ class TrainingDiverged(SegTransferError):
 class RunResult:
     run_dir: Path
     history: list[dict[str, float]] = field(default_factory=list)
-    best_miou: float = float("nan")
+    best: float = float("nan")
     best_epoch: int = -1
     stopped_early: bool = False
+    metric: str = "miou"
+
+    @property
+    def best_miou(self) -> float:
+        """The best val mIoU (segmentation runs)."""
+        return self.best
 
 
 def seed_everything(seed: int, deterministic: bool = False) -> None:
@@ -94,22 +97,14 @@ class Trainer:
         self.freeze_state = apply_freeze(self.model, f.strategy, f.stages, f.unfreeze_from, f.bn)
         self.model.to(self.device)
 
-        train_t, val_t = build_transforms(**to_dict(cfg.augment), preprocess=self.model.info.preprocess,
-                                          ignore_index=self.ignore_index)
+        self.task: Task = build_task(self.model.info.task, cfg, splits)
+        train_t, val_t = self.task.transforms(cfg.augment, self.model.info.preprocess)
         self.train_set = D.EpochSeeded(splits.train.with_transform(train_t), t.seed)
         self.val_set = self.val_images = splits.val.with_transform(val_t)
-        self.collate = SegCollate(self.ignore_index)
+        self.collate = self.task.collate
         self.cached = self._use_cache()
         if self.cached:
             self._build_caches()
-
-        spec: Any = t.loss
-        if t.class_weights is not None:
-            spec = {"name": t.loss, "class_weights": t.class_weights} if isinstance(t.loss, str) else t.loss
-        needs_counts = isinstance(t.class_weights, str)
-        counts = label_frequencies(splits.train).tolist() if needs_counts else None
-        self.criterion = SegmentationCriterion(build_loss(spec, len(self.classes), self.ignore_index, counts),
-                                               aux_weight=t.aux_weight)
 
         self.steps_per_epoch = max(1, math.ceil(len(self.train_set) / D.world_size() / t.batch_size / t.accumulate))
         self.optimizer = build_optimizer(param_groups(self.model, t.lr, t.backbone_lr_mult), t.optimizer, lr=t.lr,
@@ -179,12 +174,9 @@ class Trainer:
         self.log(f"feature cache: {len(train)} x {c.copies} train + {len(val)} val items, "
                  f"{(train.nbytes + val.nbytes) / 2**20:.0f} MiB, built in {time.perf_counter() - start:.1f}s")
 
-    def forward(self, inputs: Any, size: Any) -> dict[str, torch.Tensor]:
-        """The model on images, or its neck and head on cached backbone features."""
-        if self.cached:
-            from .split_forward import decode
-            return decode(self.model, inputs, size)
-        return self.model(inputs)
+    def train_loss(self, inputs: Any, targets: Any) -> torch.Tensor:
+        """One batch's loss: the task runs the model on images, or its neck and head on cached features."""
+        return self.task.train_loss(self.model, inputs, targets, self.cached)
 
     def _unfreeze_for(self, epoch: int) -> None:
         """Apply ``freeze.schedule`` entries due at ``epoch``: stages join the optimizer at the backbone LR."""
@@ -209,10 +201,10 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{t.epochs}", unit="batch", leave=False,
                    disable=not self.progress)
-        for step, (inputs, masks) in enumerate(bar):
-            inputs, masks = _to(inputs, self.device), masks.to(self.device)
+        for step, (inputs, targets) in enumerate(bar):
+            inputs, targets = _to(inputs, self.device), self.task.to_device(targets, self.device)
             with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_enabled):
-                loss = self.criterion(self.forward(inputs, masks.shape[-2:]), masks)
+                loss = self.train_loss(inputs, targets)
             if not torch.isfinite(loss):
                 raise TrainingDiverged(
                     f"epoch {epoch + 1}, batch {step + 1}: loss is {loss.item()}; stopped (best.pt is intact). "
@@ -226,17 +218,16 @@ class Trainer:
                 self.scaler.update()
                 self.optimizer.zero_grad(set_to_none=True)
                 self.scheduler.step()
-            total += loss.item() * masks.shape[0]
-            count += masks.shape[0]
+            total += loss.item() * len(targets)
+            count += len(targets)
             bar.set_postfix(loss=f"{total / count:.4f}")
         return total / max(count, 1)
 
     @torch.inference_mode()
-    def evaluate(self) -> tuple[float, dict[str, Any], ConfusionMatrix]:
-        """Val loss and metrics over the val split (all ranks contribute to the confusion matrix)."""
-        return evaluate(self.model, self.val_set, self.criterion, len(self.classes), self.ignore_index,
-                        self.device, self.cfg.train.val_batch_size, self.collate, self.progress,
-                        (self.amp_enabled, self.amp_dtype), forward=self.forward)
+    def evaluate(self) -> tuple[float, dict[str, Any], Meter]:
+        """Val loss and metrics over the val split (all ranks contribute to the meter)."""
+        return evaluate(self.model, self.val_set, self.task, self.device, self.cfg.train.val_batch_size,
+                        self.collate, self.progress, (self.amp_enabled, self.amp_dtype), cached=self.cached)
 
     def fit(self) -> RunResult:
         t = self.cfg.train
@@ -247,32 +238,33 @@ class Trainer:
                 save_text(json.dumps(self.report.to_dict(), indent=1) + "\n", self.run_dir / "transfer_report.json")
         self._print_start()
         stale = 0
-        result = RunResult(self.run_dir, self.history, self.best, self.best_epoch)
+        key, label = self.task.main_metric, self.task.metric_label
+        result = RunResult(self.run_dir, self.history, self.best, self.best_epoch, metric=key)
         for epoch in range(self.start_epoch, t.epochs):
             self._unfreeze_for(epoch)
             start = time.perf_counter()
             train_loss = self.train_epoch(epoch)
             val_loss, metrics, matrix = self.evaluate()
-            row = {"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val_loss, "miou": metrics["miou"],
-                   "pixel_acc": metrics["pixel_accuracy"], "mean_acc": metrics["mean_accuracy"],
+            row = {"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val_loss, **self.task.row(metrics),
                    "lr": self.optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - start}
             self.history.append(row)
-            improved = metrics["miou"] > self.best
+            score = float(metrics[key])
+            improved = score > self.best
             if improved:
-                self.best, self.best_epoch, stale = metrics["miou"], epoch + 1, 0
+                self.best, self.best_epoch, stale = score, epoch + 1, 0
             else:
                 stale += 1
             self.log(f"epoch {epoch + 1}/{t.epochs}  train_loss {train_loss:.4f}  val_loss {val_loss:.4f}  "
-                     f"mIoU {metrics['miou']:.4f}  pixel_acc {metrics['pixel_accuracy']:.4f}  "
-                     f"lr {row['lr']:.2e}  {row['seconds']:.1f}s" + ("  *best*" if improved else ""))
+                     f"{self.task.summary(metrics)}  lr {row['lr']:.2e}  {row['seconds']:.1f}s"
+                     + ("  *best*" if improved else ""))
             if D.is_main():
                 self._write_epoch(epoch, metrics, improved)
             if t.patience is not None and stale >= t.patience:
-                self.log(f"early stop: no mIoU gain for {t.patience} epoch(s); best {self.best:.4f} "
+                self.log(f"early stop: no {label} gain for {t.patience} epoch(s); best {self.best:.4f} "
                          f"at epoch {self.best_epoch}")
                 result.stopped_early = True
                 break
-        result.best_miou, result.best_epoch = self.best, self.best_epoch
+        result.best, result.best_epoch = self.best, self.best_epoch
         return result
 
     # ------------------------------------------------------------------------------ outputs, state
@@ -286,18 +278,17 @@ class Trainer:
         self.log(freeze_table(self.model))
 
     def _write_epoch(self, epoch: int, metrics: dict[str, Any], improved: bool) -> None:
-        from .plots import plot_curves, plot_predictions
+        from .plots import plot_curves
 
-        _write_csv(self.run_dir / "metrics.csv", self.history)
+        _write_csv(self.run_dir / "metrics.csv", self.history, self.task.fields)
         save_text(json.dumps({**metrics, "classes": self.classes}, indent=1, default=float) + "\n",
                   self.run_dir / "val_metrics_last.json")
         plot_curves(self.history, self.run_dir / "curves.png")
         if self.cfg.output.num_predictions:
-            images, targets, preds = sample_predictions(self.model, self.val_images, self.cfg.output.num_predictions,
-                                                        self.device)
-            plot_predictions(images, targets, preds, self.classes, self.run_dir / "predictions.png",
-                             ignore_index=self.ignore_index)
-        extra = {"epoch": epoch + 1, "best_miou": float(self.best), "best_epoch": self.best_epoch,
+            self.task.plot_predictions(self.model, self.val_images, self.cfg.output.num_predictions, self.device,
+                                       self.run_dir / "predictions.png")
+        extra = {"epoch": epoch + 1, "best_metric": float(self.best), "metric": self.task.main_metric,
+                 "best_epoch": self.best_epoch,
                  "history": [dict(r) for r in self.history], "unfrozen": list(self.unfrozen),
                  "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                  "scaler": self.scaler.state_dict(), "config": to_dict(self.cfg), "metrics": _plain(metrics)}
@@ -316,50 +307,31 @@ class Trainer:
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
         self.scaler.load_state_dict(ckpt["scaler"])
-        self.start_epoch, self.best, self.best_epoch = ckpt["epoch"], ckpt["best_miou"], ckpt["best_epoch"]
+        self.start_epoch, self.best, self.best_epoch = ckpt["epoch"], ckpt["best_metric"], ckpt["best_epoch"]
         self.history[:] = ckpt["history"]
         self.log(f"resumed from {path} at epoch {self.start_epoch}")
 
 
-def evaluate(model: nn.Module, dataset: Any, criterion: Optional[nn.Module], num_classes: int, ignore_index: int,
-             device: torch.device, batch_size: int = 1, collate: Optional[Callable] = None, progress: bool = False,
-             amp: tuple[bool, Optional[torch.dtype]] = (False, None), forward: Optional[Callable] = None
-             ) -> tuple[float, dict[str, Any], ConfusionMatrix]:
-    """Loss and segmentation metrics of ``model`` over ``dataset`` (transformed (image, mask) pairs, or
-    cached features with ``forward(inputs, size)``)."""
-    forward = forward or (lambda inputs, _size: model(inputs))
+def evaluate(model: nn.Module, dataset: Any, task: Task, device: torch.device, batch_size: int = 1,
+             collate: Optional[Callable] = None, progress: bool = False,
+             amp: tuple[bool, Optional[torch.dtype]] = (False, None), cached: bool = False
+             ) -> tuple[float, dict[str, Any], Meter]:
+    """Val loss (NaN where the task has none) and ``task``'s metrics of ``model`` over ``dataset``
+    (transformed items, or cached features with ``cached=True``)."""
     model.eval()
-    matrix = ConfusionMatrix(num_classes, ignore_index)
-    loader = D.make_loader(dataset, batch_size, shuffle=False, seed=0, collate_fn=collate or SegCollate(ignore_index))
+    meter = task.meter()
+    loader = D.make_loader(dataset, batch_size, shuffle=False, seed=0, collate_fn=collate or task.collate)
     total, count = 0.0, 0
     with torch.inference_mode():
-        for inputs, masks in tqdm(loader, desc="eval", unit="batch", leave=False, disable=not progress):
-            inputs, masks = _to(inputs, device), masks.to(device)
+        for inputs, targets in tqdm(loader, desc="eval", unit="batch", leave=False, disable=not progress):
+            inputs, targets = _to(inputs, device), task.to_device(targets, device)
             with torch.autocast(device.type, dtype=amp[1], enabled=amp[0]):
-                out = forward(inputs, masks.shape[-2:])
-            if criterion is not None:
-                total += criterion({k: v.float() for k, v in out.items()}, masks).item() * masks.shape[0]
-                count += masks.shape[0]
-            matrix.update(out["out"].argmax(1), masks)
-    matrix.reduce()
-    return total / max(count, 1), matrix.compute(), matrix
-
-
-@torch.inference_mode()
-def sample_predictions(model: nn.Module, dataset: Any, n: int, device: torch.device
-                       ) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
-    """The first ``n`` val items as (uint8 image, target, prediction) arrays for predictions.png."""
-    model.eval()
-    norm = model.info.preprocess
-    mean, std = torch.tensor(norm.mean).view(3, 1, 1), torch.tensor(norm.std).view(3, 1, 1)
-    images, targets, preds = [], [], []
-    for i in range(min(n, len(dataset))):
-        image, mask = dataset[i]
-        pred = model(image[None].to(device))["out"].argmax(1)[0].cpu()
-        images.append(((image * std + mean).clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy())
-        targets.append(mask.numpy())
-        preds.append(pred.numpy())
-    return images, targets, preds
+                loss = task.eval_batch(model, inputs, targets, cached, meter)
+            if loss is not None:
+                total += loss.item() * len(targets)
+                count += len(targets)
+    meter.reduce()
+    return (total / count if count else float("nan")), meter.compute(), meter
 
 
 def _to(inputs: Any, device: torch.device) -> Any:
@@ -379,11 +351,12 @@ def _plain(metrics: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _write_csv(path: Path, rows: list[dict[str, float]]) -> None:
+def _write_csv(path: Path, rows: list[dict[str, float]], fields: tuple[str, ...]) -> None:
     import io as _io
 
     buf = _io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=METRIC_FIELDS, extrasaction="ignore")
+    writer = csv.DictWriter(buf, fieldnames=("epoch", "train_loss", "val_loss", *fields, "lr", "seconds"),
+                            extrasaction="ignore")
     writer.writeheader()
     for r in rows:
         writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})

@@ -91,14 +91,14 @@ def test_resume_matches_uninterrupted_run(data_root, tmp_path, monkeypatch):
 def test_nan_loss_stops_and_keeps_best(data_root, tmp_path, monkeypatch):
     t = trainer(data_root, tmp_path, train={"epochs": 3})
     calls = {"n": 0}
-    criterion = t.criterion.forward
+    criterion = t.task.criterion.forward
 
     def poisoned(outputs, target):
         calls["n"] += 1
         loss = criterion(outputs, target)
         return loss * float("nan") if t.model.training and calls["n"] > 8 else loss
 
-    monkeypatch.setattr(t.criterion, "forward", poisoned)
+    monkeypatch.setattr(t.task.criterion, "forward", poisoned)
     best = tmp_path / "run" / "best.pt"
     with pytest.raises(TrainingDiverged, match="best.pt is intact"):
         t.fit()

@@ -1,0 +1,22 @@
+"""What the one engine needs to know about each task, by name (``model.info.task`` picks one)."""
+from __future__ import annotations
+
+from typing import Callable
+
+from ...errors import unknown
+from .base import Meter, Task
+from .segmentation import SegmentationTask
+
+TASKS: dict[str, Callable[..., Task]] = {
+    "segmentation": SegmentationTask,
+}
+
+
+def build_task(name: str, *args, **kwargs) -> Task:
+    """``TASKS[name](cfg, splits)``, with the valid names on a typo."""
+    if name not in TASKS:
+        raise unknown("task", name, TASKS, "model.info.task")
+    return TASKS[name](*args, **kwargs)
+
+
+__all__ = ["TASKS", "Task", "Meter", "build_task"]
