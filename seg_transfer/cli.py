@@ -76,8 +76,7 @@ def cmd_infer(args: argparse.Namespace) -> int:
             continue
         written += len(files)
         if not args.quiet:
-            present = ", ".join(f"{k} {v:.1%}" for k, v in sorted(result.fractions().items(), key=lambda kv: -kv[1])[:4])
-            bar.write(f"{path}: {present} -> {', '.join(f.name for f in files)}")
+            bar.write(f"{path}: {result.describe()} -> {', '.join(f.name for f in files)}")
     ok = len(inputs) - (failed - len(errors))
     print(f"wrote {written} files for {ok} image(s) to {out}/" + (f"; {failed} input(s) failed" if failed else ""),
           file=sys.stderr)

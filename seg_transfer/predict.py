@@ -5,7 +5,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Optional, Sequence, Union
+from typing import Any, Callable, Iterable, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -81,6 +81,11 @@ class SegmentationResult:
         counts = torch.bincount(self.mask.flatten(), minlength=len(self.classes))
         total = float(self.mask.numel())
         return {self.classes[i]: round(counts[i].item() / total, 6) for i in counts.nonzero().flatten().tolist()}
+
+    def describe(self) -> str:
+        """One line for the CLI: the largest classes by pixel share."""
+        top = sorted(self.fractions().items(), key=lambda kv: -kv[1])[:4]
+        return ", ".join(f"{k} {v:.1%}" for k, v in top)
 
     def _foreground(self) -> list[int]:
         present = torch.unique(self.mask).tolist()
@@ -167,8 +172,15 @@ class Predictor:
                         ) -> "Predictor":
         return cls(load_checkpoint(path), device=device)
 
+    def predict(self, image: ImageInput, **options: Any) -> Any:
+        """One image's result, of the model's task: a ``SegmentationResult`` for segmentation models."""
+        task = self.model.info.task
+        if task not in TASK_PREDICT:
+            raise ConfigError(f"Predictor: no predictions for task '{task}' (known: {', '.join(TASK_PREDICT)})")
+        return TASK_PREDICT[task](self, image, **options)
+
     @torch.inference_mode()
-    def predict(self, image: ImageInput, resize_to_input: bool = True) -> SegmentationResult:
+    def predict_segmentation(self, image: ImageInput, resize_to_input: bool = True) -> SegmentationResult:
         """Softmax at the model's resolution (torchvision's recipe); with ``resize_to_input`` the
         probabilities are resized bilinearly to the input size and the mask is their argmax."""
         rgb = read_image(image)
@@ -183,6 +195,12 @@ class Predictor:
         name = Path(image).stem if isinstance(image, (str, os.PathLike)) else "image"
         return SegmentationResult(image=rgb, probs=probs, mask=probs.argmax(0), classes=self.classes, name=name)
 
-    def predict_many(self, images: Iterable[ImageInput]) -> Iterable[SegmentationResult]:
+    def predict_many(self, images: Iterable[ImageInput], **options: Any) -> Iterable[Any]:
         for image in images:
-            yield self.predict(image)
+            yield self.predict(image, **options)
+
+
+# Each task's prediction method, by ``model.info.task``.
+TASK_PREDICT: dict[str, Callable[..., Any]] = {
+    "segmentation": Predictor.predict_segmentation,
+}
