@@ -88,6 +88,8 @@ def cmd_infer(args: argparse.Namespace) -> int:
 def _load_run_config(args: argparse.Namespace):
     from .config import load_config
 
+    if getattr(args, "resume", None) and args.config and "=" in args.config and not Path(args.config).is_file():
+        args.overrides, args.config = [args.config, *args.overrides], None  # `--resume DIR key=value`
     if args.config is None and not getattr(args, "resume", None):
         raise SegTransferError("give a CONFIG file (or --resume RUN_DIR)")
     path = args.config or str(Path(args.resume) / "config.yaml")
