@@ -1,7 +1,9 @@
 """Model config -> ``nn.Module``: the one place that combines the backbone, neck, head and zoo registries."""
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Optional
 
 import torch
@@ -12,6 +14,7 @@ from ..config import ModelConfig, from_dict, to_dict
 from ..errors import ConfigError, unknown
 from . import weights as W
 from .backbones import BACKBONES, Backbone
+from .detection import build_detector, is_detection
 from .heads import HEADS, aux_head
 from .necks import NECKS
 from .preprocess import Preprocess
@@ -36,6 +39,8 @@ class ModelInfo:
     preprocess: Preprocess
     config: dict[str, Any] = field(default_factory=dict)
     task: str = "segmentation"
+    # The transfer report of a backbone taken from another seg_transfer checkpoint (backbone_weights).
+    transfer: Any = None
 
 
 class SegmentationModel(nn.Module):
@@ -100,9 +105,32 @@ def _assemble(cfg: ModelConfig) -> tuple[nn.Module, Preprocess, Optional[list[st
     return model, backbone.preprocess, None
 
 
+def _toolkit_checkpoint(spec: Optional[str]) -> Optional[Path]:
+    """``spec`` as a seg_transfer checkpoint file (of any task), else None."""
+    if spec is None or not W.is_local_spec(spec) or not Path(spec).expanduser().is_file():
+        return None
+    from .checkpoint import is_checkpoint  # checkpoint.py builds models through this module
+    return Path(spec).expanduser() if is_checkpoint(Path(spec).expanduser()) else None
+
+
 def build_model(cfg: ModelConfig | dict[str, Any]) -> nn.Module:
     """Build the model a ``model:`` config block describes; the result carries ``.info`` (a ``ModelInfo``)."""
     cfg = from_dict(ModelConfig, cfg, "model")
+    source = _toolkit_checkpoint(cfg.backbone_weights)
+    if source is not None:
+        # Another seg_transfer model's backbone, of any task: build without one, then load its stages.
+        if cfg.name is not None and str(cfg.weights).lower() not in ("none", "null", ""):
+            raise ConfigError(f"model.backbone_weights: {source} is used only with model.weights: null "
+                              f"(zoo model {cfg.name} would otherwise load its own pretrained weights)")
+        from ..transfer import load_backbone_checkpoint  # transfer sits above models: imported on use
+        model = build_model(dataclasses.replace(cfg, backbone_weights=None))
+        model.info.transfer = load_backbone_checkpoint(model, source)
+        model.info.config["backbone_weights"] = str(source)
+        return model
+    if is_detection(cfg):
+        model, preprocess, classes = build_detector(cfg)
+        model.info = ModelInfo(classes=classes, preprocess=preprocess, config=to_dict(cfg), task="detection")
+        return model
     if cfg.name is not None:
         if cfg.backbone is not None or cfg.head is not None:
             raise ConfigError("model: give either 'name' (a zoo model) or 'backbone' + 'head', not both")

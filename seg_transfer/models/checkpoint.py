@@ -61,6 +61,15 @@ def read_checkpoint(path: Union[str, os.PathLike]) -> dict[str, Any]:
     return ckpt
 
 
+def is_checkpoint(path: Union[str, os.PathLike]) -> bool:
+    """Whether ``path`` is a seg_transfer checkpoint (memory-mapped: the tensors are not read)."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # not a torch zip file (a legacy .pth, truncated, not torch at all)
+        return False
+    return isinstance(ckpt, dict) and ckpt.get("format") == FORMAT
+
+
 def load_checkpoint(path: Union[str, os.PathLike], device: Union[str, torch.device] = "cpu") -> nn.Module:
     """Rebuild the model saved in ``path`` (eval mode) with its class names and preprocessing."""
     ckpt = read_checkpoint(path)
