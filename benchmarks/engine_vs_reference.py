@@ -1,0 +1,298 @@
+#!/usr/bin/env python
+"""The engine against a minimal torchvision-references-style loop on CamVid, in one run.
+
+Both sides start from the same weights (zoo ``lraspp_mobilenet_v3_large`` DEFAULT, with its 21-class
+classifiers re-created for CamVid's 11 classes), train the same epochs on the same frames with the same
+crop and batch, and are scored by the same function (one confusion matrix over whole val frames at
+native 360x480; sequence 0016E5 held out, as in configs/camvid_lraspp.yaml).
+
+* reference: what ``references/segmentation/train.py`` does, written out here in plain PyTorch: SGD
+  (momentum 0.9, weight decay 1e-4) over every parameter, poly LR per iteration, random scale 0.5-2.0 +
+  pad + random crop + horizontal flip, plain cross-entropy (ignore 255), BatchNorm in train mode.
+* engine: ``seg_transfer``'s Trainer with the shipped configs/camvid_lraspp.yaml recipe: partial
+  fine-tuning from layer2 (stem and layer1 frozen, their BatchNorm held in eval), backbone LR x0.1,
+  median-frequency class weights (CamVid is heavily imbalanced), half an epoch of linear warmup, the
+  same augmentation list as the reference.
+
+Starting weights are *stand-ins* (random values saved under the official file name in a private
+TORCH_HOME; no real checkpoint exists offline): the mIoU compares the two loops, it says nothing about
+how good LR-ASPP is on CamVid.
+
+    .venv/bin/python benchmarks/engine_vs_reference.py                       # ~15 min on 2 CPU cores
+    .venv/bin/python benchmarks/engine_vs_reference.py --epochs 1 --limit 8  # smoke test
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import platform
+import random
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+CLASSES = ["sky", "building", "pole", "road", "pavement", "tree", "signsymbol", "fence", "car",
+           "pedestrian", "bicyclist"]
+MODEL = "lraspp_mobilenet_v3_large"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--epochs", type=int, default=4)
+    p.add_argument("--crop", type=int, default=320)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--lr", type=float, default=0.02)
+    p.add_argument("--limit", type=int, default=None, help="N train and N val frames (evenly spaced)")
+    p.add_argument("--val-every", type=int, default=2, help="score every k-th val frame (0016E5 is 204 frames)")
+    p.add_argument("--data", default=str(REPO.parent / "shared" / "data" / "CamVid"))
+    p.add_argument("--out", default=None, help="folder for table.md and results.json (default: temporary)")
+    p.add_argument("--order", default="reference,engine")
+    p.add_argument("--seed", type=int, default=0)
+    return p.parse_args(argv)
+
+
+def frames(root: Path, limit: int | None, val_every: int) -> tuple[list[str], list[str]]:
+    """Train stems (sequences 0001TP, 0006R0) and val stems (0016E5), sorted."""
+    stems = sorted(p.stem for p in (root / "train").glob("*.png"))
+    train = [s for s in stems if not s.startswith("0016E5")]
+    val = [s for s in stems if s.startswith("0016E5")][::val_every]
+    if limit:
+        train = train[:: max(1, len(train) // limit)][:limit]
+        val = val[:: max(1, len(val) // limit)][:limit]
+    return train, val
+
+
+# ------------------------------------------------------------------------------------ the reference
+
+class RefDataset:
+    """CamVid frames as the references' dataset does it: PIL in, (tensor, mask) out."""
+
+    def __init__(self, root: Path, stems: list[str], transform: Any) -> None:
+        self.root, self.stems, self.transform = root, stems, transform
+
+    def __len__(self) -> int:
+        return len(self.stems)
+
+    def __getitem__(self, i: int) -> Any:
+        import numpy as np
+        import torch
+        from PIL import Image
+
+        image = torch.from_numpy(np.asarray(Image.open(self.root / "train" / f"{self.stems[i]}.png").convert("RGB")))
+        mask = torch.from_numpy(np.asarray(Image.open(self.root / "trainannot" / f"{self.stems[i]}.png")).astype("int64"))
+        mask[mask == 11] = 255  # void
+        return self.transform(image.permute(2, 0, 1), mask)
+
+
+class RefTrainTransform:
+    """Random scale 0.5-2.0, pad with 0 / 255, random crop, flip, normalise."""
+
+    def __init__(self, crop: int, mean: list[float], std: list[float]) -> None:
+        self.crop, self.mean, self.std = crop, mean, std
+
+    def __call__(self, image: Any, mask: Any) -> Any:
+        import torch
+        import torch.nn.functional as F
+
+        h, w = image.shape[-2:]
+        s = random.uniform(0.5, 2.0)
+        size = [max(1, round(h * s)), max(1, round(w * s))]
+        image = F.interpolate(image[None].float(), size=size, mode="bilinear", align_corners=False)[0]
+        mask = F.interpolate(mask[None, None].float(), size=size, mode="nearest")[0, 0].long()
+        ph, pw = max(0, self.crop - size[0]), max(0, self.crop - size[1])
+        image = F.pad(image, (0, pw, 0, ph), value=0.0)
+        mask = F.pad(mask, (0, pw, 0, ph), value=255)
+        top = random.randint(0, image.shape[-2] - self.crop)
+        left = random.randint(0, image.shape[-1] - self.crop)
+        image = image[:, top:top + self.crop, left:left + self.crop]
+        mask = mask[top:top + self.crop, left:left + self.crop]
+        if random.random() < 0.5:
+            image, mask = image.flip(-1), mask.flip(-1)
+        mean = torch.tensor(self.mean).view(3, 1, 1)
+        std = torch.tensor(self.std).view(3, 1, 1)
+        return (image / 255.0 - mean) / std, mask
+
+
+class RefValTransform(RefTrainTransform):
+    def __call__(self, image: Any, mask: Any) -> Any:
+        import torch
+
+        mean, std = torch.tensor(self.mean).view(3, 1, 1), torch.tensor(self.std).view(3, 1, 1)
+        return (image.float() / 255.0 - mean) / std, mask
+
+
+def reference_model(num_classes: int) -> Any:
+    """torchvision's builder with DEFAULT weights; the two classifier convs re-created for CamVid."""
+    import torchvision
+    from torch import nn
+
+    weights = torchvision.models.get_model_weights(MODEL).DEFAULT
+    model = torchvision.models.get_model(MODEL, weights=weights)
+    c = model.classifier
+    c.low_classifier = nn.Conv2d(c.low_classifier.in_channels, num_classes, 1)
+    c.high_classifier = nn.Conv2d(c.high_classifier.in_channels, num_classes, 1)
+    return model, weights
+
+
+def run_reference(args: argparse.Namespace, train: list[str], val: list[str]) -> dict[str, Any]:
+    import torch
+    import torch.nn.functional as F
+
+    random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    model, weights = reference_model(len(CLASSES))
+    t = weights.transforms()
+    ds = RefDataset(Path(args.data), train, RefTrainTransform(args.crop, list(t.mean), list(t.std)))
+    loader = torch.utils.data.DataLoader(ds, batch_size=args.batch_size, shuffle=True, drop_last=True,
+                                         generator=torch.Generator().manual_seed(args.seed))
+    opt = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, weight_decay=1e-4)
+    total = args.epochs * len(loader)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda it: (1 - it / total) ** 0.9)
+    epochs = []
+    for epoch in range(args.epochs):
+        model.train()
+        start, losses = time.perf_counter(), []
+        for image, mask in loader:
+            loss = F.cross_entropy(model(image)["out"], mask, ignore_index=255)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+            losses.append(loss.item())
+        epochs.append({"seconds": time.perf_counter() - start, "train_loss": statistics.fmean(losses)})
+        print(f"   reference epoch {epoch + 1}: {epochs[-1]['seconds']:.1f}s  loss {epochs[-1]['train_loss']:.4f}",
+              flush=True)
+    val_ds = RefDataset(Path(args.data), val, RefValTransform(args.crop, list(t.mean), list(t.std)))
+    return {"epochs": epochs, **score(model, val_ds)}
+
+
+# ------------------------------------------------------------------------------------ the engine
+
+def engine_config(args: argparse.Namespace, train: list[str], val: list[str], out: Path) -> dict[str, Any]:
+    lists = {}
+    for side, stems in (("train", train), ("val", val)):
+        path = out / f"{side}.txt"
+        path.write_text("\n".join(stems) + "\n")
+        lists[f"{side}_list"] = str(path)
+    crop = args.crop
+    return {
+        "model": {"name": MODEL, "weights": "DEFAULT", "resize": 360},
+        "data": {"format": "folder", "root": args.data, "images": "train", "masks": "trainannot",
+                 "classes": CLASSES, "label_map": {11: 255}, "ignore_index": 255, **lists},
+        "augment": {"crop_size": crop,
+                    "train": [{"name": "RandomScale", "scale_limit": [-0.5, 1.0], "p": 1.0},
+                              {"name": "PadIfNeeded", "min_height": crop, "min_width": crop,
+                               "border_mode": "constant"},
+                              {"name": "RandomCrop", "height": crop, "width": crop},
+                              {"name": "HorizontalFlip", "p": 0.5}],
+                    "val": []},
+        "freeze": {"strategy": "partial", "unfreeze_from": "layer2"},
+        "train": {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "backbone_lr_mult": 0.1,
+                  "scheduler": "poly", "warmup_epochs": 0.5, "class_weights": "median_frequency",
+                  "amp": "auto", "workers": 0, "device": "cpu", "seed": args.seed},
+        "cache": {"enabled": False},
+        "output": {"dir": str(out), "name": "engine", "num_predictions": 0},
+    }
+
+
+def run_engine(args: argparse.Namespace, train: list[str], val: list[str], out: Path) -> dict[str, Any]:
+    from seg_transfer.config import Config, from_dict
+    from seg_transfer.engine.trainer import Trainer
+
+    cfg = from_dict(Config, engine_config(args, train, val, out))
+    trainer = Trainer(cfg, progress=False, log=lambda m: None)
+    epochs = []
+    for epoch in range(args.epochs):
+        start = time.perf_counter()
+        loss = trainer.train_epoch(epoch)
+        epochs.append({"seconds": time.perf_counter() - start, "train_loss": loss})
+        print(f"   engine epoch {epoch + 1}: {epochs[-1]['seconds']:.1f}s  loss {loss:.4f}", flush=True)
+    ds = RefDataset(Path(args.data), val, RefValTransform(args.crop, list(trainer.model.info.preprocess.mean),
+                                                          list(trainer.model.info.preprocess.std)))
+    return {"epochs": epochs, **score(trainer.model, ds)}
+
+
+# ------------------------------------------------------------------------------------ one scorer
+
+def score(model: Any, dataset: RefDataset) -> dict[str, Any]:
+    """mIoU and pixel accuracy over whole frames, one confusion matrix, the same code for both sides."""
+    import torch
+
+    n = len(CLASSES)
+    mat = torch.zeros(n, n, dtype=torch.int64)
+    model.eval()
+    start = time.perf_counter()
+    with torch.inference_mode():
+        for i in range(len(dataset)):
+            image, mask = dataset[i]
+            pred = model(image[None])["out"].argmax(1)[0]
+            keep = mask != 255
+            mat += torch.bincount(mask[keep] * n + pred[keep], minlength=n * n).view(n, n)
+    inter = mat.diag().double()
+    union = mat.sum(0).double() + mat.sum(1).double() - inter
+    present = union > 0
+    iou = torch.where(present, inter / union.clamp(min=1), torch.full_like(inter, math.nan))
+    return {"miou": float(iou[present].mean()), "pixel_acc": float(inter.sum() / mat.sum().clamp(min=1)),
+            "iou": [None if math.isnan(v) else round(v, 4) for v in iou.tolist()],
+            "eval_s": time.perf_counter() - start}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="engine_vs_reference_"))
+    out.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("TORCH_HOME", tempfile.mkdtemp(prefix="standin_torch_home_"))
+    import torch
+    import torchvision
+
+    from seg_transfer.testing import build_standin
+
+    print(f"stand-in weights (random values) for {MODEL}: {build_standin(MODEL)}", flush=True)
+    train, val = frames(Path(args.data), args.limit, args.val_every)
+    print(f"{len(train)} train frames (0001TP, 0006R0), {len(val)} val frames (0016E5)", flush=True)
+    results = {}
+    for side in args.order.split(","):
+        print(f"\n== {side}", flush=True)
+        start = time.perf_counter()
+        results[side] = run_reference(args, train, val) if side == "reference" else run_engine(args, train, val, out)
+        results[side]["total_s"] = time.perf_counter() - start
+
+    rows = ["| loop | train s (all epochs) | median epoch s | final train loss | val mIoU | val pixel acc |",
+            "|---|---:|---:|---:|---:|---:|"]
+    for side, r in results.items():
+        secs = [e["seconds"] for e in r["epochs"]]
+        rows.append(f"| {side} | {sum(secs):.1f} | {statistics.median(secs):.1f} | {r['epochs'][-1]['train_loss']:.4f} "
+                    f"| {100 * r['miou']:.2f} | {100 * r['pixel_acc']:.2f} |")
+    ref, eng = results["reference"], results["engine"]
+    t_ref, t_eng = (sum(e["seconds"] for e in r["epochs"]) for r in (ref, eng))
+    ratio = (f"engine / reference: train time {t_eng / t_ref:.2f}x (target <= 1: {'met' if t_eng <= t_ref else 'MISSED'}); "
+             f"mIoU {100 * (eng['miou'] - ref['miou']):+.2f} points (target > 0: "
+             f"{'met' if eng['miou'] > ref['miou'] else 'MISSED'})")
+    per_class = ["| class | reference IoU | engine IoU |", "|---|---:|---:|"]
+    for c, a, b in zip(CLASSES, ref["iou"], eng["iou"]):
+        per_class.append(f"| {c} | {'-' if a is None else f'{100 * a:.1f}'} | {'-' if b is None else f'{100 * b:.1f}'} |")
+    header = (f"{MODEL} from stand-in DEFAULT weights (random values), CamVid {len(train)} train frames "
+              f"(0001TP+0006R0) / {len(val)} val frames (0016E5, every {args.val_every}th), {args.epochs} epochs, "
+              f"crop {args.crop}, batch {args.batch_size}, lr {args.lr}; torch {torch.__version__}, torchvision "
+              f"{torchvision.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs "
+              f"({platform.machine()}); {datetime.date.today().isoformat()}")
+    text = "\n\n".join([header, "\n".join(rows), ratio, "\n".join(per_class)])
+    print("\n" + text)
+    (out / "table.md").write_text(text + "\n")
+    (out / "results.json").write_text(json.dumps({"args": vars(args), "results": results}, indent=1) + "\n")
+    print(f"\nwritten: {out / 'table.md'}, {out / 'results.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
