@@ -53,6 +53,11 @@ def cmd_infer(args: argparse.Namespace) -> int:
             cfg["resize"] = args.resize
         predictor = Predictor(build_model(cfg), device=args.device)
     from .errors import unknown
+    options = {}
+    if args.top_k is not None:  # classification: how many classes to print and write
+        if predictor.model.info.task != "classification":
+            raise SegTransferError(f"--top-k applies to classification models, not {predictor.model.info.task}")
+        options["top_k"] = args.top_k
     for c in args.classes:  # fail before any image is processed
         if c not in predictor.classes:
             raise unknown("class", c, predictor.classes, "--class")
@@ -68,7 +73,7 @@ def cmd_infer(args: argparse.Namespace) -> int:
             stem = f"{path.stem}_{k}"
         used.add(stem)
         try:
-            result = predictor.predict(path)
+            result = predictor.predict(path, **options)
             files = result.save(out, classes=args.classes, json_report=args.json, stem=stem)
         except SegTransferError as err:
             failed += 1
@@ -277,7 +282,9 @@ def build_parser() -> argparse.ArgumentParser:
     inf.add_argument("--out", default="outputs", help="output folder (default: outputs)")
     inf.add_argument("--class", dest="classes", action="append", default=[], metavar="NAME",
                      help="write NAME's probability as <stem>_NAME.png (repeatable)")
-    inf.add_argument("--json", action="store_true", help="write <stem>.json with class pixel fractions")
+    inf.add_argument("--json", action="store_true", help="write <stem>.json with class pixel fractions "
+                     "(classification: the top-k labels and probabilities)")
+    inf.add_argument("--top-k", type=int, metavar="K", help="classification: the K most probable classes (default 5)")
     inf.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
     inf.add_argument("--resize", type=int, help="shorter side fed to the model (default: the weights' own)")
     inf.add_argument("-q", "--quiet", action="store_true", help="no per-image lines or progress bar")

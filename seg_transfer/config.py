@@ -33,6 +33,10 @@ class ModelConfig:
     aux_loss: Optional[bool] = None
     neck_channels: int = 256
     resize: Optional[int] = None
+    # head: classifier only: global pooling (avg, max, avgmax), dropout, an optional hidden layer's width
+    pool: Optional[str] = None
+    dropout: Optional[float] = None
+    hidden: Optional[int] = None
 
 
 def _type_name(tp: Any) -> str:
@@ -184,6 +188,7 @@ class TrainConfig:
     loss: Any = "ce"
     class_weights: Any = None
     aux_weight: float = 0.5
+    label_smoothing: float = 0.0  # classification cross-entropy
     amp: str = _choice("auto", "auto", "off", "bf16", "fp16")
     grad_clip: Optional[float] = None
     accumulate: int = 1

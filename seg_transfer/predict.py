@@ -18,6 +18,7 @@ from .errors import ConfigError, unknown
 from .io import ImageInput, read_image, save_image, save_text
 from .models.build import create_model
 from .models.checkpoint import load_checkpoint
+from .predict_classification import ClassificationResult, predict_classification  # noqa: F401 (re-exported)
 
 BACKGROUND_NAMES = ("__background__", "background")
 
@@ -203,4 +204,5 @@ class Predictor:
 # Each task's prediction method, by ``model.info.task``.
 TASK_PREDICT: dict[str, Callable[..., Any]] = {
     "segmentation": Predictor.predict_segmentation,
+    "classification": predict_classification,
 }

@@ -65,7 +65,8 @@ def build_standin(model: str, entry: str = "DEFAULT", seed: int = 0) -> Path:
         kwargs["weights_backbone"] = None
     torch.manual_seed(seed)
     net = torchvision.models.get_model(model, **kwargs)
-    calibrate_batchnorm(net, seed)
+    # Inception v3's auxiliary head needs its own input size (299): smaller images fail inside it.
+    calibrate_batchnorm(net, seed, size=299 if model == "inception_v3" else 128)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.part")
     torch.save(net.state_dict(), tmp)

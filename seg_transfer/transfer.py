@@ -22,7 +22,9 @@ STRATEGIES = ("feature_extraction", "partial", "full")
 # backbones.MOBILENET_V3_BOUNDS, so a stage name means the same layers in assembled and zoo models.
 RESNET_STEM = ("conv1", "bn1", "relu", "maxpool")
 # Names of the parts outside the backbone, as freeze_table and the transfer report show them.
-PART_NAMES = {"classifier": "head", "aux_classifier": "aux"}
+PART_NAMES = {"classifier": "head", "aux_classifier": "aux",
+              # torchvision classifiers (ResNet, Inception v3): their classifier layers
+              "fc": "head", "dropout": "head"}
 
 
 # ----------------------------------------------------------------------------------------- stages
@@ -61,7 +63,8 @@ def model_parts(model: nn.Module) -> "OrderedDict[str, list[nn.Module]]":
     if rest:
         parts["backbone"] = rest
     for name, child in model.named_children():
-        if child is not model.backbone:
+        # A zoo classifier's backbone is a view over its own children: those belong to the stages.
+        if child is not model.backbone and id(child) not in in_stages:
             parts.setdefault(PART_NAMES.get(name, name), []).append(child)
     return parts
 
@@ -373,14 +376,17 @@ def _class_key(name: str) -> str:
 
 def classifier_convs(model: nn.Module, num_classes: int) -> list[tuple[str, nn.Conv2d]]:
     """The final 1x1 convs with ``num_classes`` outputs outside the backbone (the rule of
-    ``zoo.replace_classifiers``): zoo ``classifier``/``aux_classifier``, an assembled model's head/aux."""
+    ``zoo.replace_classifiers``): zoo ``classifier``/``aux_classifier``, an assembled model's head/aux;
+    for image classifiers, the linear layers with ``num_classes`` outputs."""
     backbone = getattr(model, "backbone", None)
+    inside = {id(m) for m in backbone.modules()} if isinstance(backbone, nn.Module) else set()
     found = []
     for top, child in model.named_children():
-        if child is backbone:
+        if child is backbone or id(child) in inside:
             continue
         for name, m in child.named_modules(prefix=top):
-            if isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1) and m.out_channels == num_classes:
+            if (isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1) and m.out_channels == num_classes) or \
+                    (isinstance(m, nn.Linear) and m.out_features == num_classes):
                 found.append((name, m))
     return found
 

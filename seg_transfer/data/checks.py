@@ -220,7 +220,9 @@ def check_dataset(data: Union[Mapping[str, Any], "DataSplits"]) -> list[Problem]
             for mask, found in pool.map(split.inspect, range(len(split))):
                 problems.extend(found)
                 if mask is not None and not found:
-                    counts += _bincount(mask, split.num_classes, split.ignore_index)
+                    # box datasets inspect to box labels and count them themselves
+                    counts += (split.label_counts(mask) if hasattr(split, "label_counts")
+                               else _bincount(mask, split.num_classes, split.ignore_index))
     if counts.any():
         problems.extend(_absent_classes(counts, data.classes))
     return problems

@@ -7,12 +7,20 @@ from typing import Any, Callable, Mapping
 from ..errors import ConfigError, unknown
 from .coco import build_coco
 from .folder import DataSplits, build_folder
+from .imagefolder import build_imagefolder
 from .voc import build_voc
+from .coco_boxes import build_coco_boxes
+from .instance_masks import build_instance_masks
+from .voc_boxes import build_voc_boxes
 
 DATASETS: dict[str, Callable[..., DataSplits]] = {
     "folder": build_folder,
     "voc": build_voc,
     "coco": build_coco,
+    "imagefolder": build_imagefolder,  # classification: one folder per class
+    "voc_boxes": build_voc_boxes,  # detection: VOC XML boxes
+    "coco_boxes": build_coco_boxes,  # detection: COCO instances JSON (boxes, masks: true for Mask R-CNN)
+    "instance_masks": build_instance_masks,  # detection: instance-id mask PNGs (Penn-Fudan)
 }
 
 

@@ -82,7 +82,8 @@ def plot_curves(rows: Sequence[Mapping[str, Any]], path: PathLike) -> Path:
                                                  lr_ax.get_legend_handles_labels()))
         loss_ax.legend(handles, labels, loc="best", fontsize=8)
     loss_ax.set(xlabel="epoch", ylabel="loss", title="loss")
-    for key, label in (("miou", "mIoU"), ("pixel_acc", "pixel accuracy")):
+    for key, label in (("miou", "mIoU"), ("pixel_acc", "pixel accuracy"),
+                       ("accuracy", "accuracy"), ("macro_f1", "macro F1")):  # + classification's
         if (values := column(key)) is not None:
             score_ax.plot(epochs, values, marker="o", ms=3, label=label)
     if (miou := column("miou")) is not None:

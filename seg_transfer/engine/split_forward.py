@@ -16,6 +16,7 @@ from torch import nn
 from torchvision.models.segmentation._utils import _SimpleSegmentationModel
 from torchvision.models.segmentation.lraspp import LRASPP
 
+from ..models import classification as C
 from ..models.build import SegmentationModel
 
 WRAPPERS = (nn.DataParallel, nn.parallel.DistributedDataParallel)
@@ -28,6 +29,8 @@ def _kind(model: nn.Module) -> str:
         return "lraspp"
     if isinstance(model, _SimpleSegmentationModel):  # FCN, DeepLabV3
         return "simple"
+    if C.is_classifier(model):  # image classifiers: split at the pooled features
+        return "classifier"
     if isinstance(model, WRAPPERS):
         # Calling the wrapped module's parts directly would skip DDP's gradient synchronisation.
         raise TypeError(f"split_forward: pass the model that {type(model).__name__} wraps (.module); to "
@@ -65,7 +68,7 @@ def _up(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
 def encode(model: nn.Module, x: torch.Tensor, keys: Optional[Sequence[str]] = None) -> dict[str, torch.Tensor]:
     """The backbone's features of ``x``, as the rest of the network reads them; ``keys`` keeps only those."""
     kind = _kind(model)
-    feats = OrderedDict(model.backbone(x))
+    feats = C.encode(model, x) if kind == "classifier" else OrderedDict(model.backbone(x))
     if kind == "simple" and model.aux_classifier is None:
         feats.pop("aux", None)  # a pretrained zoo model keeps returning it after aux_loss=False
     if keys is None:
@@ -81,6 +84,8 @@ def decode(model: nn.Module, feats: Mapping[str, torch.Tensor], size: Sequence[i
     kind = _kind(model)
     size = tuple(size)[-2:]
     feats = OrderedDict(feats)  # a copy: nothing downstream may alter a cached dict
+    if kind == "classifier":
+        return {"out": C.decode(model, feats)}  # logits N x classes; size does not apply
     if kind == "assembled":
         out = {"out": _up(model.head(model.neck(feats)), size)}
         if model.aux_classifier is not None:

@@ -335,9 +335,11 @@ def evaluate(model: nn.Module, dataset: Any, task: Task, device: torch.device, b
 
 
 def _to(inputs: Any, device: torch.device) -> Any:
-    """Images, or a dict of cached features, onto ``device``."""
+    """Images (a batch tensor, or a list of images of different sizes), or a dict of cached features, onto ``device``."""
     if isinstance(inputs, dict):
         return {k: v.to(device) for k, v in inputs.items()}
+    if isinstance(inputs, (list, tuple)):  # detectors take a list of differently sized images
+        return [x.to(device) for x in inputs]
     return inputs.to(device)
 
 

@@ -14,6 +14,7 @@ from ..config import ModelConfig, from_dict, to_dict
 from ..errors import ConfigError, unknown
 from . import weights as W
 from .backbones import BACKBONES, Backbone
+from .classification import ZOO_CLASSIFIERS, build_assembled, build_zoo_classifier
 from .detection import build_detector, is_detection
 from .heads import HEADS, aux_head
 from .necks import NECKS
@@ -63,7 +64,38 @@ class SegmentationModel(nn.Module):
 
 def model_names() -> dict[str, list[str]]:
     """Everything buildable, by registry."""
-    return {"zoo": sorted(ZOO), "backbones": sorted(BACKBONES), "necks": sorted(NECKS), "heads": sorted(HEADS)}
+    return {"zoo": sorted(ZOO), "backbones": sorted(BACKBONES), "necks": sorted(NECKS), "heads": sorted(HEADS),
+            "classifiers": sorted(ZOO_CLASSIFIERS)}
+
+
+# The image-classification head: global pooling -> dropout -> [hidden] -> linear, on any backbone.
+CLASSIFIER_HEAD = "classifier"
+
+
+def _build_classifier(cfg: ModelConfig) -> tuple[nn.Module, Preprocess, Optional[list[str]]]:
+    """A zoo classifier by name, or a backbone with the ``classifier`` head (task: classification)."""
+    if cfg.output_stride not in (None, 32):
+        raise ConfigError("model.output_stride: classifiers run at output stride 32")
+    num_classes = len(cfg.classes) if cfg.classes is not None else cfg.num_classes
+    if cfg.name is not None:
+        if cfg.backbone is not None or cfg.head is not None:
+            raise ConfigError("model: give either 'name' (a zoo model) or 'backbone' + 'head', not both")
+        if (cfg.pool, cfg.dropout, cfg.hidden) != (None, None, None):
+            raise ConfigError(f"model: pool/dropout/hidden belong to the '{CLASSIFIER_HEAD}' head; zoo classifier "
+                              f"{cfg.name} keeps torchvision's classifier layers")
+        return build_zoo_classifier(cfg.name, cfg.weights, num_classes, cfg.resize, cfg.aux_loss)
+    if cfg.neck != "none":
+        raise ConfigError(f"model: head '{CLASSIFIER_HEAD}' pools the last stage; it takes neck 'none', "
+                          f"not '{cfg.neck}'")
+    if cfg.aux_loss:
+        raise ConfigError(f"model.aux_loss: head '{CLASSIFIER_HEAD}' has no auxiliary head")
+    whole = None if cfg.weights is None or cfg.weights.lower() in ("default", "none", "null") else cfg.weights
+    _, classes = _class_names(num_classes, None, None)
+    model, preprocess = build_assembled(cfg.backbone, len(classes), None if whole else cfg.backbone_weights,
+                                        cfg.pool, cfg.dropout, cfg.hidden, cfg.resize)
+    if whole:
+        W.load_into(model, W.read_state_dict(W.resolve("", whole, "model.weights")), whole)
+    return model, preprocess, None
 
 
 def _class_names(num_classes: Optional[int], classes: Optional[list[str]],
@@ -85,7 +117,7 @@ def _assemble(cfg: ModelConfig) -> tuple[nn.Module, Preprocess, Optional[list[st
     if cfg.neck not in NECKS:
         raise unknown("neck", cfg.neck, NECKS, "model.neck")
     if cfg.head not in HEADS:
-        raise unknown("head", cfg.head, HEADS, "model.head")
+        raise unknown("head", cfg.head, [*HEADS, CLASSIFIER_HEAD], "model.head")
     if cfg.neck not in HEAD_NECKS[cfg.head]:
         raise ConfigError(f"model: head '{cfg.head}' cannot sit on neck '{cfg.neck}'; "
                           f"valid necks for it: {', '.join(HEAD_NECKS[cfg.head])}")
@@ -131,11 +163,16 @@ def build_model(cfg: ModelConfig | dict[str, Any]) -> nn.Module:
         model, preprocess, classes = build_detector(cfg)
         model.info = ModelInfo(classes=classes, preprocess=preprocess, config=to_dict(cfg), task="detection")
         return model
+    if cfg.name in ZOO_CLASSIFIERS or (cfg.name is None and cfg.head == CLASSIFIER_HEAD):
+        model, preprocess, default_classes = _build_classifier(cfg)
+        _, classes = _class_names(cfg.num_classes, cfg.classes, default_classes)
+        model.info = ModelInfo(classes=classes, preprocess=preprocess, config=to_dict(cfg), task="classification")
+        return model
     if cfg.name is not None:
         if cfg.backbone is not None or cfg.head is not None:
             raise ConfigError("model: give either 'name' (a zoo model) or 'backbone' + 'head', not both")
         if cfg.name not in ZOO:
-            raise unknown("model", cfg.name, ZOO, "model.name")
+            raise unknown("model", cfg.name, [*ZOO, *ZOO_CLASSIFIERS], "model.name")
         num_classes = len(cfg.classes) if cfg.classes is not None else cfg.num_classes
         model, preprocess, default_classes = ZOO[cfg.name](
             weights=cfg.weights, backbone_weights=cfg.backbone_weights, num_classes=num_classes,
@@ -159,4 +196,4 @@ def create_model(name: Optional[str] = None, **kwargs: Any) -> nn.Module:
 
 def torchvision_builders() -> list[str]:
     """The torchvision builders whose weights the registries can load (for ``seg-transfer weights``)."""
-    return sorted(ZOO) + sorted(BACKBONES)
+    return sorted(ZOO) + sorted(BACKBONES) + sorted(set(ZOO_CLASSIFIERS) - set(BACKBONES))

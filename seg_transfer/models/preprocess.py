@@ -22,6 +22,7 @@ class Preprocess:
     resize_size: Optional[int] = None
     interpolation: str = "bilinear"
     antialias: bool = True
+    crop_size: Optional[int] = None  # centre crop after resizing (classification presets); None: no crop
 
     @classmethod
     def from_transforms(cls, transforms: Any, resize_size: Optional[int] = None) -> "Preprocess":
@@ -44,6 +45,8 @@ class Preprocess:
             image = TF.resize(image, [self.resize_size],
                               interpolation=InterpolationMode(self.interpolation),
                               antialias=self.antialias)
+        if self.crop_size is not None:
+            image = TF.center_crop(image, [self.crop_size])
         image = TF.convert_image_dtype(image, torch.float)
         return TF.normalize(image, mean=list(self.mean), std=list(self.std))
 

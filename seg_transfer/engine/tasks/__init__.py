@@ -5,10 +5,14 @@ from typing import Callable
 
 from ...errors import unknown
 from .base import Meter, Task
+from .classification import ClassificationTask
+from .detection import DetectionTask
 from .segmentation import SegmentationTask
 
 TASKS: dict[str, Callable[..., Task]] = {
     "segmentation": SegmentationTask,
+    "classification": ClassificationTask,
+    "detection": DetectionTask,
 }
 
 
