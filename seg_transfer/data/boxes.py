@@ -1,0 +1,240 @@
+"""Box (detection) samples: the ``BoxDataset`` every box format returns, and the rules a box must satisfy.
+
+Class 0 is ``__background__`` and the config's classes are labels 1..K, as torchvision's detectors and
+their weights' ``meta["categories"]`` count them. Boxes are ``xyxy`` in pixels (``xmax`` exclusive-or-
+inclusive does not matter to the detectors; VOC writes 1-based inclusive corners, read as they are).
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+import numpy as np
+import torch.utils.data
+
+from ..errors import BadInputError, ConfigError
+from ..io import open_image, read_image
+from .checks import DataError, Problem, fail, report
+from .folder import DataSplits
+from .split import stem
+
+BACKGROUND = "__background__"
+BAD_BOXES = ("error", "drop")  # what a bad box is: an error that stops training, or a warning and dropped
+ORIENTATION = 0x0112
+
+
+@dataclass
+class RawBoxes:
+    """One image's annotations as a format reads them, before any check.
+
+    ``labels`` are 1..K, or -1 where ``names[j]`` is not a configured class; ``size`` is (H, W) when the
+    annotation file states one; ``masks`` (N x H x W uint8) only for formats with instance masks.
+    """
+
+    boxes: np.ndarray                      # float64 N x 4, xyxy pixels
+    labels: np.ndarray                     # int64 N
+    names: list[str] = field(default_factory=list)
+    masks: Optional[np.ndarray] = None
+    iscrowd: Optional[np.ndarray] = None
+    size: Optional[tuple[int, int]] = None
+
+    @classmethod
+    def empty(cls, size: Optional[tuple[int, int]] = None) -> "RawBoxes":
+        return cls(np.zeros((0, 4)), np.zeros(0, np.int64), [], None, None, size)
+
+
+Reader = Callable[[Any], RawBoxes]
+Transform = Callable[[np.ndarray, dict[str, np.ndarray]], Any]
+
+
+def check_classes(classes: Optional[Sequence[str]]) -> list[str]:
+    """``[__background__, *classes]``; ConfigError when missing or duplicated (background is implied)."""
+    if not classes or isinstance(classes, str) or not all(isinstance(c, str) for c in classes):
+        raise ConfigError(f"classes: expected a list of object class names, e.g. [RBC, WBC], got {classes!r}")
+    names = [c for c in classes if c != BACKGROUND]  # tolerate it listed first, as in weights' meta
+    dupes = sorted({c for c in names if names.count(c) > 1})
+    if dupes:
+        raise ConfigError(f"classes: duplicate names {', '.join(dupes)}")
+    return [BACKGROUND, *names]
+
+
+def check_bad_boxes(bad_boxes: str) -> str:
+    if bad_boxes not in BAD_BOXES:
+        from ..errors import unknown
+        raise unknown("value", bad_boxes, BAD_BOXES, "data.bad_boxes")
+    return bad_boxes
+
+
+def check_boxes(raw: RawBoxes, *, where: str, image_shape: Optional[Sequence[int]], classes: Sequence[str],
+                bad_boxes: str = "error", image_name: str = "") -> tuple[np.ndarray, list[Problem]]:
+    """(bool N: boxes to keep, problems) for one image's boxes; each problem names file and object index.
+
+    Unknown class names are always errors (a typo in ``classes`` must not silently drop a class);
+    geometry (outside the image, zero or negative size) is an error, or with ``bad_boxes: drop`` a
+    warning and the box is dropped.
+    """
+    problems: list[Problem] = []
+    n = len(raw.labels)
+    keep = np.ones(n, dtype=bool)
+    known = ", ".join(classes[1:])
+    if image_shape is not None and raw.size is not None and tuple(raw.size) != tuple(image_shape[:2]):
+        problems.append(Problem("size_mismatch", where, (
+            f"annotation {where} states size {raw.size[0]}x{raw.size[1]} (HxW) but image {image_name} is "
+            f"{image_shape[0]}x{image_shape[1]}; boxes are checked against the image")))
+    height, width = (image_shape[:2] if image_shape is not None else raw.size or (None, None))
+    geometry = "warning" if bad_boxes == "drop" else "error"
+    tail = "; dropped (bad_boxes: drop)" if bad_boxes == "drop" else \
+        "; fix the annotation, or set data.bad_boxes: drop to skip such boxes"
+    for j in range(n):
+        name = raw.names[j] if j < len(raw.names) else str(raw.labels[j])
+        what = f"annotation {where}, object {j} ({name})"
+        if raw.labels[j] < 0:
+            keep[j] = False
+            problems.append(Problem("unknown_class", where, (
+                f"{what}: '{name}' is not one of the classes ({known}); add it to data.classes (COCO: "
+                "to the file's categories) or remove the object")))
+            continue
+        x0, y0, x1, y1 = (float(v) for v in raw.boxes[j])
+        box = f"[{x0:g}, {y0:g}, {x1:g}, {y1:g}]"
+        if not np.isfinite(raw.boxes[j]).all():
+            message = f"box {box} is not finite"
+        elif x1 <= x0 or y1 <= y0:
+            size = "zero" if (x1 == x0 or y1 == y0) and x1 >= x0 and y1 >= y0 else "negative"
+            message = f"box {box} (xmin, ymin, xmax, ymax) has {size} width or height"
+        elif width is not None and (x0 < 0 or y0 < 0 or x1 > width or y1 > height):
+            message = f"box {box} lies outside the {width}x{height} (WxH) image"
+        else:
+            continue
+        keep[j] = False
+        problems.append(Problem("bad_box", where, f"{what}: {message}{tail}", geometry))
+    return keep, problems
+
+
+class BoxDataset(torch.utils.data.Dataset):
+    """Images and their box annotations, read raw (uint8 HxWx3, target dict of numpy arrays) and checked.
+
+    ``annotations`` holds one reference per image that ``reader`` turns into ``RawBoxes``; ``transform``
+    (``(image, target) -> anything``) is applied last. A target holds ``boxes`` (float32 N x 4 xyxy),
+    ``labels`` (int64 N, 1..K), ``iscrowd`` (int64 N) and, when the format has them, ``masks`` (uint8 N x H x W).
+    """
+
+    ignore_index = -1  # no pixel labels: nothing to ignore (DataSplits carries the field for segmentation)
+
+    def __init__(self, images: Sequence[Path], annotations: Sequence[Any], *, classes: Sequence[str],
+                 reader: Reader, bad_boxes: str = "error", has_masks: bool = False,
+                 transform: Optional[Transform] = None):
+        if len(images) != len(annotations):
+            raise ValueError(f"{len(images)} images but {len(annotations)} annotations")
+        self.images, self.annotations = list(images), list(annotations)
+        self.classes, self.reader, self.bad_boxes, self.transform = list(classes), reader, bad_boxes, transform
+        self.has_masks = has_masks  # targets carry instance masks (Mask R-CNN can train on them)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    @property
+    def num_classes(self) -> int:
+        """Classes including background: the detectors' ``num_classes``."""
+        return len(self.classes)
+
+    @property
+    def names(self) -> list[str]:
+        return [stem(str(p)) for p in self.images]
+
+    def read_image(self, i: int) -> np.ndarray:
+        try:
+            return read_image(self.images[i]).permute(1, 2, 0).numpy()
+        except BadInputError as err:
+            raise fail(Problem("unreadable", str(self.images[i]), f"image {err}")) from None
+
+    def image_shape(self, i: int) -> tuple[int, int]:
+        """(H, W) as ``read_image`` returns it, from the header (EXIF quarter turns swap the sides)."""
+        try:
+            with open_image(self.images[i]) as img:
+                width, height = img.size
+                turned = img.getexif().get(ORIENTATION, 1) in (5, 6, 7, 8)
+        except BadInputError as err:
+            raise fail(Problem("unreadable", str(self.images[i]), f"image {err}")) from None
+        return (width, height) if turned else (height, width)
+
+    def _target(self, i: int, image_shape: Optional[Sequence[int]]) -> tuple[dict[str, np.ndarray], list[Problem]]:
+        raw = self.reader(self.annotations[i])
+        keep, problems = check_boxes(raw, where=str(self.annotations[i]), image_shape=image_shape,
+                                     classes=self.classes, bad_boxes=self.bad_boxes, image_name=str(self.images[i]))
+        n = len(raw.labels)
+        target = {"boxes": raw.boxes[keep].astype(np.float32).reshape(-1, 4),
+                  "labels": raw.labels[keep].astype(np.int64),
+                  "iscrowd": (raw.iscrowd if raw.iscrowd is not None else np.zeros(n, np.int64))[keep]}
+        if raw.masks is not None:
+            target["masks"] = raw.masks[keep]
+        elif self.has_masks:  # an image without objects still gets a (0, H, W) stack, so batches agree
+            height, width = image_shape[:2] if image_shape is not None else (raw.size or (0, 0))
+            target["masks"] = np.zeros((0, height, width), np.uint8)
+        return target, problems
+
+    def read_target(self, i: int) -> dict[str, np.ndarray]:
+        """Target ``i`` (checked against the stated size only; the image is not decoded)."""
+        target, problems = self._target(i, None)
+        errors = [p for p in problems if p.severity == "error"]
+        if errors:
+            raise fail(errors[0], len(errors) - 1)
+        return target
+
+    def inspect(self, i: int) -> tuple[Optional[np.ndarray], list[Problem]]:
+        """(box labels or None, every problem of sample ``i``); never raises for bad data."""
+        shape, problems = None, []
+        try:
+            shape = self.image_shape(i)
+        except DataError as err:
+            problems.append(err.problem)
+        try:
+            target, found = self._target(i, shape)
+        except DataError as err:
+            return None, [*problems, err.problem]
+        return target["labels"], [*problems, *found]
+
+    def label_counts(self, labels: np.ndarray) -> np.ndarray:
+        """Boxes per class for the data check; background counts once per image (it is wherever boxes are not)."""
+        counts = np.bincount(labels, minlength=self.num_classes)[:self.num_classes]
+        counts[0] += 1
+        return counts
+
+    def read(self, i: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """Raw sample ``i``: (uint8 HxWx3 image, target); raises DataError on its first error."""
+        image = self.read_image(i)
+        target, problems = self._target(i, image.shape)
+        errors = [p for p in problems if p.severity == "error" and p.kind != "size_mismatch"]
+        if errors:
+            raise fail(errors[0], len(errors) - 1)
+        if "masks" in target and target["masks"].shape[1:] != image.shape[:2]:
+            raise fail(Problem("size_mismatch", str(self.annotations[i]), (
+                f"instance masks of {self.annotations[i]} are {target['masks'].shape[1]}x{target['masks'].shape[2]} "
+                f"but image {self.images[i]} is {image.shape[0]}x{image.shape[1]} (HxW)")))
+        return image, target
+
+    def __getitem__(self, i: int) -> Any:
+        image, target = self.read(i)
+        return self.transform(image, target) if self.transform is not None else (image, target)
+
+    def with_transform(self, transform: Optional[Transform]) -> "BoxDataset":
+        clone = copy.copy(self)
+        clone.transform = transform
+        return clone
+
+
+def make_box_splits(images: Sequence[Path], annotations: Sequence[Any], train: Sequence[int],
+                    val: Sequence[int], *, classes: Sequence[str], reader: Reader, bad_boxes: str,
+                    where: str, has_masks: bool = False) -> DataSplits:
+    """The chosen indices as train and val BoxDatasets; an empty split is a problem."""
+    report([Problem("empty_split", where, (
+        f"{where}: the {side} split is empty ({len(train)} train, {len(val)} val images); "
+        "check val_ratio, val_groups or the list files")) for side, idx in (("train", train), ("val", val))
+        if not idx])
+
+    def subset(idx: Sequence[int]) -> BoxDataset:
+        return BoxDataset([images[i] for i in idx], [annotations[i] for i in idx], classes=classes,
+                          reader=reader, bad_boxes=bad_boxes, has_masks=has_masks)
+
+    return DataSplits(subset(train), subset(val), list(classes), BoxDataset.ignore_index)  # type: ignore[arg-type]

@@ -1,0 +1,106 @@
+"""The ``coco_boxes`` format: COCO instances JSON read as boxes (and, with ``masks: true``, instance masks
+decoded by pycocotools) for detectors; categories become labels 1..K in id order."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import numpy as np
+
+from .boxes import RawBoxes, check_bad_boxes, check_classes, make_box_splits
+from .checks import Problem, report
+from .coco import _categories, decode, load_instances
+from .folder import DataSplits, find_folder
+from .split import PathLike, split_names
+
+
+@dataclass(frozen=True)
+class CocoBoxesRef:
+    """One image of a COCO file: ``str`` names it in problems as '<file_name> (image id N in <json>)'."""
+
+    annotations: str
+    image_id: int
+    file_name: str
+
+    def __str__(self) -> str:
+        return f"{self.file_name} (image id {self.image_id} in {self.annotations})"
+
+
+class CocoBoxReader:
+    """CocoBoxesRef -> RawBoxes: ``bbox`` [x, y, w, h] -> xyxy; category ids outside the file's
+    categories get label -1 (reported by the check with the annotation's index)."""
+
+    def __init__(self, labels: dict[int, int], masks: bool):
+        self.labels, self.masks = labels, masks
+        self.images: dict[CocoBoxesRef, tuple[tuple[int, int], list[dict[str, Any]]]] = {}
+
+    def __call__(self, ref: CocoBoxesRef) -> RawBoxes:
+        (height, width), anns = self.images[ref]
+        if not anns:
+            return RawBoxes.empty((height, width))
+        boxes, labels, names, crowd, masks = [], [], [], [], []
+        for ann in anns:
+            x, y, w, h = (float(v) for v in ann.get("bbox", (np.nan,) * 4))
+            boxes.append([x, y, x + w, y + h])
+            cat = ann.get("category_id")
+            labels.append(self.labels.get(cat, -1))
+            names.append(f"category id {cat}")
+            crowd.append(int(bool(ann.get("iscrowd", 0))))
+            if self.masks:
+                masks.append(decode(ann["segmentation"], height, width, f"{ref}, annotation {ann.get('id')}")
+                             if "segmentation" in ann else np.zeros((height, width), bool))
+        return RawBoxes(np.array(boxes, np.float64), np.array(labels, np.int64), names,
+                        np.stack(masks).astype(np.uint8) if self.masks else None,
+                        np.array(crowd, np.int64), (height, width))
+
+
+def build_coco_boxes(root: PathLike, *, images: str = "images", annotations: str = "annotations.json",
+                     val_images: Optional[str] = None, val_annotations: Optional[str] = None,
+                     masks: bool = False, bad_boxes: str = "error", split: Optional[str] = None,
+                     val_ratio: float = 0.2, seed: int = 0, train_list: Optional[PathLike] = None,
+                     val_list: Optional[PathLike] = None) -> DataSplits:
+    """COCO instances JSON(s) under ``root`` -> DataSplits of BoxDatasets; classes are the categories'
+    names in id order (labels 1..K, background 0).
+
+    With ``val_annotations`` (and ``val_images``, default ``images``) val comes from that file;
+    otherwise the one file is split by ratio or list files. ``masks: true`` decodes each instance's
+    segmentation (polygons or RLE) for Mask R-CNN. Crowd annotations are kept as ``iscrowd`` (ignored
+    by COCOeval, not trained on).
+    """
+    root = Path(root)
+    bad_boxes = check_bad_boxes(bad_boxes)
+    sources = [(images, annotations)] + ([(val_images or images, val_annotations)] if val_annotations else [])
+    loaded = [(find_folder(root, folder, "images"), root / ann, load_instances(root / ann)) for folder, ann in sources]
+    categories = _categories(loaded[0][2])
+    for _, path, data in loaded[1:]:
+        if _categories(data) != categories:
+            report([Problem("unreadable", str(path), f"annotations file {path}: its categories differ from "
+                                                     f"{loaded[0][1]}'s; both files must list the same ids and names")])
+    classes = check_classes([name for _, name in categories])
+    reader = CocoBoxReader({cat: k for k, (cat, _) in enumerate(categories, start=1)}, masks)
+    files, refs, origin, problems = [], [], [], []
+    for source, (folder, path, data) in enumerate(loaded):
+        by_image: dict[Any, list[dict[str, Any]]] = {}
+        for ann in data["annotations"]:
+            by_image.setdefault(ann.get("image_id"), []).append(ann)
+        for img in sorted(data["images"], key=lambda d: str(d["file_name"])):
+            file = folder / img["file_name"]
+            if not file.is_file():
+                problems.append(Problem("missing_image", str(file),
+                                        f"image {file}: no such file (listed in {path} as image id {img['id']})"))
+                continue
+            ref = CocoBoxesRef(str(path), int(img["id"]), str(img["file_name"]))
+            reader.images[ref] = ((int(img["height"]), int(img["width"])), by_image.get(img["id"], []))
+            files.append(file)
+            refs.append(ref)
+            origin.append(source)
+    report(problems)
+    if val_annotations:
+        train = [i for i, o in enumerate(origin) if o == 0]
+        val = [i for i, o in enumerate(origin) if o == 1]
+    else:
+        train, val = split_names([r.file_name for r in refs], split=split, val_ratio=val_ratio, seed=seed,
+                                 train_list=train_list, val_list=val_list, root=root)
+    return make_box_splits(files, refs, train, val, classes=classes, reader=reader, bad_boxes=bad_boxes,
+                           where=str(root), has_masks=masks)
