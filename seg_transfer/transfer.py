@@ -16,6 +16,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from .errors import ConfigError, suggest, unknown
 from .models.backbones import MOBILENET_V3_BOUNDS, STAGES
+from .transfer_detection import classifier_children, detection_class_aware_init, is_detector, ssd_stages
 
 STRATEGIES = ("feature_extraction", "partial", "full")
 # torchvision's MobileNetV3 zoo models (IntermediateLayerGetter children '0'..'16') are cut at
@@ -39,7 +40,11 @@ def stage_modules(model: nn.Module) -> "OrderedDict[str, nn.Module]":
         raise ConfigError(f"freeze: {type(model).__name__} has no 'backbone' module to split into stages")
     if hasattr(backbone, "stage_names") and hasattr(backbone, "stage"):
         return OrderedDict((name, backbone.stage(name)) for name in backbone.stage_names)
-    children = OrderedDict(backbone.named_children())
+    ssd = ssd_stages(backbone)
+    if ssd is not None:
+        return ssd
+    inner = classifier_children(backbone)  # torchvision's FPN detectors: the classifier network is `body`
+    children = OrderedDict((backbone if inner is None else inner).named_children())
     if all(k in children for k in ("conv1", "layer1", "layer2", "layer3", "layer4")):  # ResNet
         stem = nn.Sequential(OrderedDict((k, children[k]) for k in RESNET_STEM if k in children))
         return OrderedDict(stem=stem, **{k: children[k] for k in STAGES[1:]})
@@ -61,7 +66,8 @@ def model_parts(model: nn.Module) -> "OrderedDict[str, list[nn.Module]]":
     rest = [m for m in model.backbone.modules() if id(m) not in in_stages
             and (next(m.parameters(recurse=False), None) is not None or next(m.buffers(recurse=False), None) is not None)]
     if rest:
-        parts["backbone"] = rest
+        # A detector's FPN or SSD extra layers sit inside `backbone`: they are its neck, trained as one.
+        parts["neck" if is_detector(model) else "backbone"] = rest
     for name, child in model.named_children():
         # A zoo classifier's backbone is a view over its own children: those belong to the stages.
         if child is not model.backbone and id(child) not in in_stages:
@@ -181,6 +187,8 @@ def apply_freeze(model: nn.Module, strategy: str, stages: Optional[int] = None,
         p.requires_grad_(True)
     # feature_extraction freezes the whole backbone, including anything outside its stages.
     roots = [model.backbone] if strategy == "feature_extraction" else [all_stages[name] for name in frozen]
+    if is_detector(model) and strategy == "feature_extraction":
+        roots = list(all_stages.values())  # the neck inside a detector's backbone keeps training
     for root in roots:
         for module in root.modules():
             if isinstance(module, _BatchNorm):
@@ -220,6 +228,8 @@ def param_groups(model: nn.Module, lr: float, backbone_lr_mult: float = 1.0) -> 
     ``lr * backbone_lr_mult``; frozen parameters are left out, and so are empty groups."""
     backbone = getattr(model, "backbone", None)
     backbone_ids = {id(p) for p in backbone.parameters()} if isinstance(backbone, nn.Module) else set()
+    if is_detector(model):  # the neck inside a detector's backbone learns at the head's rate
+        backbone_ids = {id(p) for stage in stage_modules(model).values() for p in stage.parameters()}
     groups = {"head": [], "backbone": []}
     for p in model.parameters():
         if p.requires_grad:
@@ -397,6 +407,8 @@ def class_aware_init(model: nn.Module, source_classes: Sequence[str], target_cla
     """Copy the source classifier's rows (weight, bias) into the model's re-created classifier for
     classes present in both (case-insensitive; '__background__' == 'background'), so a matched class
     starts out predicting as before. Returns the matched target class names in target order."""
+    if is_detector(model):
+        return detection_class_aware_init(model, source_classes, target_classes, source_state)
     source_index: dict[str, int] = {}
     for i, name in enumerate(source_classes):
         source_index.setdefault(_class_key(name), i)

@@ -154,7 +154,7 @@ def build_model(cfg: ModelConfig | dict[str, Any]) -> nn.Module:
         if cfg.name is not None and str(cfg.weights).lower() not in ("none", "null", ""):
             raise ConfigError(f"model.backbone_weights: {source} is used only with model.weights: null "
                               f"(zoo model {cfg.name} would otherwise load its own pretrained weights)")
-        from ..transfer import load_backbone_checkpoint  # transfer sits above models: imported on use
+        from ..backbone_transfer import load_backbone_checkpoint  # sits above models: imported on use
         model = build_model(dataclasses.replace(cfg, backbone_weights=None))
         model.info.transfer = load_backbone_checkpoint(model, source)
         model.info.config["backbone_weights"] = str(source)
