@@ -26,8 +26,8 @@ def _xywh(boxes: np.ndarray) -> np.ndarray:
 
 def _rle(masks: np.ndarray) -> list[dict[str, Any]]:
     """N x H x W {0,1} (or probabilities, thresholded at 0.5) -> COCO RLEs (counts as str, JSON-able)."""
-    binary = np.asfortranarray((masks > 0.5).astype(np.uint8))
-    rles = mask_utils.encode(binary) if len(binary) else []
+    binary = np.asfortranarray((masks > 0.5).astype(np.uint8).transpose(1, 2, 0))  # pycocotools wants H x W x N
+    rles = mask_utils.encode(binary) if len(masks) else []
     for r in rles:
         r["counts"] = r["counts"].decode("ascii")
     return list(rles)
