@@ -1,0 +1,137 @@
+"""Classification through the one Trainer: learning, frozen parameters, the pooled-feature cache, class-aware
+init, metrics, outputs, evaluation and resume."""
+from __future__ import annotations
+
+import csv
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from engine.synthetic_classes import make_classes
+from seg_transfer.config import from_dict, Config
+from seg_transfer.engine.evaluate import evaluate_checkpoint
+from seg_transfer.engine.tasks.classification import ClassificationMeter, classification_metrics
+from seg_transfer.engine.trainer import Trainer
+
+pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    return make_classes(tmp_path_factory.mktemp("synthetic_classes"), n=24, size=40)
+
+
+def _config(root, out, **sections) -> Config:
+    cfg = {
+        "model": {"backbone": "resnet18", "head": "classifier", "backbone_weights": None, "resize": 0},
+        "data": {"format": "imagefolder", "root": str(root), "val_ratio": 0.25, "seed": 0},
+        "augment": {"train": [{"name": "HorizontalFlip", "p": 0.5}], "val": []},
+        "train": {"epochs": 1, "batch_size": 12, "val_batch_size": 12, "optimizer": "adamw", "lr": 0.002,
+                  "weight_decay": 0.0, "scheduler": "none", "amp": "off", "device": "cpu"},
+        "output": {"dir": str(out), "name": "run", "num_predictions": 4},
+    }
+    for key, value in sections.items():
+        cfg[key] = {**cfg.get(key, {}), **value}
+    return from_dict(Config, cfg)
+
+
+def test_metrics_from_confusion():
+    mat = torch.tensor([[3, 1, 0], [0, 2, 0], [1, 0, 0]])  # rows: label; columns: predicted
+    m = classification_metrics(mat, torch.tensor([6, 7]), 2)
+    assert m["accuracy"] == pytest.approx(5 / 7) and m["top2"] == pytest.approx(6 / 7)
+    assert m["precision"][:2] == pytest.approx([3 / 4, 2 / 3]) and math.isnan(m["precision"][2])
+    assert m["recall"] == pytest.approx([3 / 4, 1.0, 0.0])
+    assert m["f1"] == pytest.approx([0.75, 0.8, 0.0]) and m["support"] == [4, 2, 1]
+    assert m["macro_f1"] == pytest.approx((0.75 + 0.8) / 3)
+
+
+def test_meter_counts_top_k():
+    meter = ClassificationMeter(3, 2)
+    logits = torch.tensor([[0.1, 0.5, 0.4], [0.9, 0.05, 0.05], [0.2, 0.3, 0.5]])
+    meter.update(logits, torch.tensor([2, 0, 0]))
+    m = meter.reduce().compute()
+    assert m["accuracy"] == pytest.approx(1 / 3) and m["top2"] == pytest.approx(2 / 3)
+
+
+@pytest.mark.slow
+def test_learns_synthetic_two_classes(data_root, tmp_path, one_thread):
+    """Random-init ResNet-18, 40x40 images: stripes vs checkerboards is learned to >= 90% val accuracy."""
+    cfg = _config(data_root, tmp_path, train={"epochs": 8, "lr": 0.003, "scheduler": "cosine"})
+    result = Trainer(cfg, progress=False, log=lambda _: None).fit()
+    assert result.metric == "accuracy" and result.best >= 0.9, result.history
+
+
+def test_loss_label_smoothing_and_class_weights(data_root, tmp_path, one_thread):
+    cfg = _config(data_root, tmp_path, train={"label_smoothing": 0.1, "class_weights": [1.0, 3.0]})
+    trainer = Trainer(cfg, progress=False, log=lambda _: None)
+    logits, target = torch.randn(5, 2), torch.tensor([0, 1, 1, 0, 1])
+    expected = F.cross_entropy(logits, target, weight=torch.tensor([1.0, 3.0]), label_smoothing=0.1)
+    assert torch.allclose(trainer.task.loss(logits, target), expected)
+
+
+def test_frozen_parameters_bitwise_unchanged(data_root, tmp_path, one_thread):
+    cfg = _config(data_root, tmp_path, freeze={"strategy": "partial", "unfreeze_from": "layer4"},
+                  output={"num_predictions": 0})
+    trainer = Trainer(cfg, progress=False, log=lambda _: None)
+    frozen = {k: v.clone() for k, v in trainer.model.state_dict().items() if not k.startswith(("backbone.body.layer4", "head"))}
+    head = trainer.model.head.classifier[-1].weight.clone()
+    trainer.train_epoch(0)
+    after = trainer.model.state_dict()
+    assert all(torch.equal(v, after[k]) for k, v in frozen.items())  # incl. BatchNorm running statistics
+    assert not torch.equal(head, trainer.model.head.classifier[-1].weight)
+
+
+def test_cached_linear_probe_equals_uncached(data_root, tmp_path, one_thread):
+    """With the backbone frozen the pooled features are cached; training on them gives the same head."""
+    heads = {}
+    for enabled in (False, True):
+        cfg = _config(data_root, tmp_path / str(enabled), freeze={"strategy": "feature_extraction"},
+                      cache={"enabled": enabled}, augment={"train": [], "val": []},
+                      train={"epochs": 2}, output={"num_predictions": 0})
+        trainer = Trainer(cfg, progress=False, log=lambda _: None)
+        assert trainer.cached is enabled
+        result = trainer.fit()
+        heads[enabled] = (trainer.model.head.classifier[-1].weight.detach().clone(), result.history[-1])
+    assert torch.allclose(heads[True][0], heads[False][0], atol=1e-5)
+    assert heads[True][1]["accuracy"] == heads[False][1]["accuracy"]
+
+
+def test_run_outputs_evaluate_and_resume(data_root, tmp_path, one_thread):
+    Trainer(_config(data_root, tmp_path, train={"epochs": 1}), progress=False, log=lambda _: None).fit()
+    cfg = _config(data_root, tmp_path, train={"epochs": 2})
+    run = tmp_path / "run"
+    for name in ("config.yaml", "metrics.csv", "curves.png", "predictions.png", "last.pt", "best.pt",
+                 "val_metrics_last.json"):
+        assert (run / name).is_file(), name
+    with open(run / "metrics.csv") as f:
+        assert list(csv.DictReader(f).fieldnames) == ["epoch", "train_loss", "val_loss", "accuracy", "top2",
+                                                       "macro_f1", "lr", "seconds"]
+    report = evaluate_checkpoint(cfg, run / "best.pt", out_dir=str(tmp_path / "eval"), progress=False)
+    assert report["files"] == ["metrics.json", "confusion.png"] and (tmp_path / "eval/confusion.png").is_file()
+    assert report["images"] == 12 and sum(map(sum, report["confusion"])) == 12
+    assert report["summary"][0].startswith("acc ") and "precision" in report["summary"][1]
+    resumed = Trainer(cfg, run_dir=run, resume=True, progress=False, log=lambda _: None)
+    assert resumed.start_epoch == 1
+    result = resumed.fit()
+    assert [r["epoch"] for r in result.history] == [1, 2]
+
+
+def test_class_aware_init_from_imagenet_names(tmp_path, standin, one_thread):
+    """Folders renamed to ImageNet's 'tabby' and 'goldfish' start from those rows of the source classifier."""
+    import torchvision
+
+    root = make_classes(tmp_path / "data", n=4, size=40)
+    standin("resnet18")
+    categories = torchvision.models.ResNet18_Weights.DEFAULT.meta["categories"]
+    cfg = _config(root, tmp_path, model={"name": "resnet18", "backbone": None, "head": None, "resize": 64},
+                  data={"classes": {"stripes": "tabby", "checks": "goldfish"}})
+    trainer = Trainer(cfg, progress=False, log=lambda _: None)
+    source = torch.load(standin("resnet18"), weights_only=True)
+    assert trainer.report.class_aware == ["tabby", "goldfish"]
+    rows = [categories.index("tabby"), categories.index("goldfish")]
+    assert torch.equal(trainer.model.fc.weight, source["fc.weight"][rows])
+    assert torch.equal(trainer.model.fc.bias, source["fc.bias"][rows])
+    assert [s[0] for s in trainer.report.skipped] == ["fc.weight", "fc.bias"]
+    assert len(trainer.report.loaded) == len(source) - 2 and not trainer.report.unexpected
