@@ -58,6 +58,12 @@ def cmd_infer(args: argparse.Namespace) -> int:
         if predictor.model.info.task != "classification":
             raise SegTransferError(f"--top-k applies to classification models, not {predictor.model.info.task}")
         options["top_k"] = args.top_k
+    if args.score_threshold is not None:  # detection: keep boxes scoring at least this
+        if predictor.model.info.task != "detection":
+            raise SegTransferError(f"--score-threshold applies to detection models, not {predictor.model.info.task}")
+        options["score_threshold"] = args.score_threshold
+    if predictor.model.info.task == "detection" and args.classes:  # the class filter, also for describe()
+        options["classes"] = args.classes
     for c in args.classes:  # fail before any image is processed
         if c not in predictor.classes:
             raise unknown("class", c, predictor.classes, "--class")
@@ -285,6 +291,9 @@ def build_parser() -> argparse.ArgumentParser:
     inf.add_argument("--json", action="store_true", help="write <stem>.json with class pixel fractions "
                      "(classification: the top-k labels and probabilities)")
     inf.add_argument("--top-k", type=int, metavar="K", help="classification: the K most probable classes (default 5)")
+    inf.add_argument("--score-threshold", type=float, metavar="S", help="detection: draw and list the boxes "
+                     "scoring at least S (default 0.5); with --class NAME only NAME's boxes; --json: boxes, "
+                     "labels and scores")
     inf.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
     inf.add_argument("--resize", type=int, help="shorter side fed to the model (default: the weights' own)")
     inf.add_argument("-q", "--quiet", action="store_true", help="no per-image lines or progress bar")
