@@ -61,6 +61,14 @@ def cmd_infer(args: argparse.Namespace) -> int:
     if args.score_threshold is not None:  # detection: keep boxes scoring at least this
         if predictor.model.info.task != "detection":
             raise SegTransferError(f"--score-threshold applies to detection models, not {predictor.model.info.task}")
+        if not 0.0 <= args.score_threshold <= 1.0:  # fail before any image is processed
+            raise SegTransferError(f"--score-threshold: expected a number from 0 to 1, got {args.score_threshold}")
+        options["score_threshold"] = args.score_threshold
+    if predictor.model.info.task == "detection" and args.classes:  # the class filter, also for describe()
+        options["classes"] = args.classes
+    if args.score_threshold is not None:  # detection: keep boxes scoring at least this
+        if predictor.model.info.task != "detection":
+            raise SegTransferError(f"--score-threshold applies to detection models, not {predictor.model.info.task}")
         options["score_threshold"] = args.score_threshold
     if predictor.model.info.task == "detection" and args.classes:  # the class filter, also for describe()
         options["classes"] = args.classes
@@ -291,6 +299,9 @@ def build_parser() -> argparse.ArgumentParser:
     inf.add_argument("--json", action="store_true", help="write <stem>.json with class pixel fractions "
                      "(classification: the top-k labels and probabilities)")
     inf.add_argument("--top-k", type=int, metavar="K", help="classification: the K most probable classes (default 5)")
+    inf.add_argument("--score-threshold", type=float, metavar="S", help="detection: draw and list the boxes "
+                     "scoring at least S (default 0.5); with --class NAME only NAME's boxes; --json: boxes, "
+                     "labels and scores")
     inf.add_argument("--score-threshold", type=float, metavar="S", help="detection: draw and list the boxes "
                      "scoring at least S (default 0.5); with --class NAME only NAME's boxes; --json: boxes, "
                      "labels and scores")

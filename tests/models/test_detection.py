@@ -27,7 +27,7 @@ ASSEMBLED = [_mark(head, backbone, neck, head) for head, spec in sorted(DETECTIO
 SIZE = {"ssd": None, "ssdlite": None}
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="module", autouse=True)
 def one_thread():
     """Small tensors gain nothing from threads, and OpenMP's spinning stalls when test runs share the cores."""
     threads = torch.get_num_threads()
