@@ -66,12 +66,6 @@ def cmd_infer(args: argparse.Namespace) -> int:
         options["score_threshold"] = args.score_threshold
     if predictor.model.info.task == "detection" and args.classes:  # the class filter, also for describe()
         options["classes"] = args.classes
-    if args.score_threshold is not None:  # detection: keep boxes scoring at least this
-        if predictor.model.info.task != "detection":
-            raise SegTransferError(f"--score-threshold applies to detection models, not {predictor.model.info.task}")
-        options["score_threshold"] = args.score_threshold
-    if predictor.model.info.task == "detection" and args.classes:  # the class filter, also for describe()
-        options["classes"] = args.classes
     for c in args.classes:  # fail before any image is processed
         if c not in predictor.classes:
             raise unknown("class", c, predictor.classes, "--class")
@@ -299,9 +293,6 @@ def build_parser() -> argparse.ArgumentParser:
     inf.add_argument("--json", action="store_true", help="write <stem>.json with class pixel fractions "
                      "(classification: the top-k labels and probabilities)")
     inf.add_argument("--top-k", type=int, metavar="K", help="classification: the K most probable classes (default 5)")
-    inf.add_argument("--score-threshold", type=float, metavar="S", help="detection: draw and list the boxes "
-                     "scoring at least S (default 0.5); with --class NAME only NAME's boxes; --json: boxes, "
-                     "labels and scores")
     inf.add_argument("--score-threshold", type=float, metavar="S", help="detection: draw and list the boxes "
                      "scoring at least S (default 0.5); with --class NAME only NAME's boxes; --json: boxes, "
                      "labels and scores")

@@ -20,7 +20,6 @@ from .models.build import create_model
 from .models.checkpoint import load_checkpoint
 from .predict_classification import ClassificationResult, predict_classification  # noqa: F401 (re-exported)
 from .predict_detection import DetectionResult, predict_detection  # noqa: F401 (re-exported)
-from .predict_detection import DetectionResult, predict_detection  # noqa: F401 (re-exported)
 
 BACKGROUND_NAMES = ("__background__", "background")
 
@@ -207,6 +206,5 @@ class Predictor:
 TASK_PREDICT: dict[str, Callable[..., Any]] = {
     "segmentation": Predictor.predict_segmentation,
     "classification": predict_classification,
-    "detection": predict_detection,
     "detection": predict_detection,
 }
