@@ -172,6 +172,8 @@ def cmd_models(args: argparse.Namespace) -> int:
     print("heads (valid necks):")
     for head in names["heads"]:
         print(f"  {head:<10} {', '.join(HEAD_NECKS[head])}")
+    print("  classifier none (image classification: global pooling -> [hidden] -> linear)")
+    print("classifiers (torchvision, ImageNet):\n  " + "\n  ".join(names["classifiers"]))
     return 0
 
 

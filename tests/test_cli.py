@@ -299,11 +299,12 @@ def test_models_lists_every_registry_name(capsys):
     assert code == 0
     sections = re.split(r"^(\S.*):$", stdout, flags=re.M)
     body = {sections[i].split(" ")[0]: sections[i + 1] for i in range(1, len(sections), 2)}
-    assert set(body) == {"zoo", "backbones", "necks", "heads"}
-    for key, registry in (("zoo", ZOO), ("backbones", BACKBONES), ("necks", NECKS)):
+    assert set(body) == {"zoo", "backbones", "necks", "heads", "classifiers"}
+    from seg_transfer.models.classification import ZOO_CLASSIFIERS
+    for key, registry in (("zoo", ZOO), ("backbones", BACKBONES), ("necks", NECKS), ("classifiers", ZOO_CLASSIFIERS)):
         assert sorted(s.strip() for s in lines(body[key])) == sorted(registry)
     head_rows = {s.split()[0]: s for s in lines(body["heads"])}
-    assert set(head_rows) == set(HEADS)
+    assert set(head_rows) == set(HEADS) | {"classifier"}
     for head, necks in HEAD_NECKS.items():
         assert all(n in head_rows[head] for n in necks)
 
