@@ -15,7 +15,7 @@ from ..errors import ConfigError, unknown
 from . import weights as W
 from .backbones import BACKBONES, Backbone
 from .classification import ZOO_CLASSIFIERS, build_assembled, build_zoo_classifier
-from .detection import build_detector, is_detection
+from .detection import DETECTION_HEADS, DETECTION_ZOO, build_detector, is_detection
 from .heads import HEADS, aux_head
 from .necks import NECKS
 from .preprocess import Preprocess
@@ -65,7 +65,8 @@ class SegmentationModel(nn.Module):
 def model_names() -> dict[str, list[str]]:
     """Everything buildable, by registry."""
     return {"zoo": sorted(ZOO), "backbones": sorted(BACKBONES), "necks": sorted(NECKS), "heads": sorted(HEADS),
-            "classifiers": sorted(ZOO_CLASSIFIERS)}
+            "classifiers": sorted(ZOO_CLASSIFIERS), "detectors": sorted(DETECTION_ZOO),
+            "detection_heads": sorted(DETECTION_HEADS)}
 
 
 # The image-classification head: global pooling -> dropout -> [hidden] -> linear, on any backbone.
@@ -117,7 +118,7 @@ def _assemble(cfg: ModelConfig) -> tuple[nn.Module, Preprocess, Optional[list[st
     if cfg.neck not in NECKS:
         raise unknown("neck", cfg.neck, NECKS, "model.neck")
     if cfg.head not in HEADS:
-        raise unknown("head", cfg.head, [*HEADS, CLASSIFIER_HEAD], "model.head")
+        raise unknown("head", cfg.head, [*HEADS, CLASSIFIER_HEAD, *DETECTION_HEADS], "model.head")
     if cfg.neck not in HEAD_NECKS[cfg.head]:
         raise ConfigError(f"model: head '{cfg.head}' cannot sit on neck '{cfg.neck}'; "
                           f"valid necks for it: {', '.join(HEAD_NECKS[cfg.head])}")
@@ -172,7 +173,7 @@ def build_model(cfg: ModelConfig | dict[str, Any]) -> nn.Module:
         if cfg.backbone is not None or cfg.head is not None:
             raise ConfigError("model: give either 'name' (a zoo model) or 'backbone' + 'head', not both")
         if cfg.name not in ZOO:
-            raise unknown("model", cfg.name, [*ZOO, *ZOO_CLASSIFIERS], "model.name")
+            raise unknown("model", cfg.name, [*ZOO, *ZOO_CLASSIFIERS, *DETECTION_ZOO], "model.name")
         num_classes = len(cfg.classes) if cfg.classes is not None else cfg.num_classes
         model, preprocess, default_classes = ZOO[cfg.name](
             weights=cfg.weights, backbone_weights=cfg.backbone_weights, num_classes=num_classes,
@@ -196,4 +197,4 @@ def create_model(name: Optional[str] = None, **kwargs: Any) -> nn.Module:
 
 def torchvision_builders() -> list[str]:
     """The torchvision builders whose weights the registries can load (for ``seg-transfer weights``)."""
-    return sorted(ZOO) + sorted(BACKBONES) + sorted(set(ZOO_CLASSIFIERS) - set(BACKBONES))
+    return sorted(ZOO) + sorted(BACKBONES) + sorted(set(ZOO_CLASSIFIERS) - set(BACKBONES)) + sorted(DETECTION_ZOO)

@@ -9,6 +9,7 @@ from torch import nn
 from seg_transfer.errors import ConfigError
 from seg_transfer.models import create_model
 from seg_transfer.models.backbones import BACKBONES
+from seg_transfer.models.build import model_names, torchvision_builders
 from seg_transfer.models.detection import (BACKGROUND, DETECTION_HEADS, DETECTION_ZOO, class_tensors,
                                            detection_classes)
 
@@ -104,6 +105,12 @@ def test_assembled_train_and_eval(backbone, neck, head, one_thread):
     run_both_modes(model)
 
 
+def test_registries_listed_for_the_cli_and_weights():
+    names = model_names()
+    assert names["detectors"] == sorted(DETECTION_ZOO) and names["detection_heads"] == sorted(DETECTION_HEADS)
+    assert set(DETECTION_ZOO) <= set(torchvision_builders())  # `seg-transfer weights fetch ssd300_vgg16`
+
+
 def test_zoo_class_names_from_weights_meta():
     model = create_model("fasterrcnn_mobilenet_v3_large_320_fpn", weights=None, backbone_weights=None)
     assert len(model.info.classes) == 91 and model.info.classes[0] == BACKGROUND and "N/A" in model.info.classes
@@ -141,6 +148,8 @@ def test_classes_count_background():
     (dict(backbone="vgg16", neck="aspp", head="fasterrcnn"), "valid necks for it: fpn, none"),
     (dict(backbone="resnet5", neck="fpn", head="fasterrcnn"), "did you mean 'resnet50'"),
     (dict(name="ssd300_vgg16", output_stride=16), "output_stride"),
+    (dict(name="fasterrcnn_resnet50_fpm"), "did you mean 'fasterrcnn_resnet50_fpn'"),
+    (dict(backbone="resnet50", neck="fpn", head="fasterrcn"), "did you mean 'fasterrcnn'"),
 ])
 def test_bad_combinations(kwargs, match):
     with pytest.raises(ConfigError, match=match):
