@@ -174,6 +174,13 @@ def cmd_models(args: argparse.Namespace) -> int:
         print(f"  {head:<10} {', '.join(HEAD_NECKS[head])}")
     print("  classifier none (image classification: global pooling -> [hidden] -> linear)")
     print("classifiers (torchvision, ImageNet):\n  " + "\n  ".join(names["classifiers"]))
+    from .models.detection import DETECTION_HEADS
+
+    print("detectors (torchvision, COCO):\n  " + "\n  ".join(names["detectors"]))
+    print("detection heads (backbones; necks):")
+    for head in names["detection_heads"]:
+        spec = DETECTION_HEADS[head]
+        print(f"  {head:<10} {', '.join(spec.backbones or ['any'])}; {', '.join(spec.necks)}")
     return 0
 
 

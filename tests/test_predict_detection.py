@@ -189,3 +189,9 @@ def test_score_threshold_refused_for_segmentation(tmp_path, capsys):
                        "--backbone-weights", "none", shared_image("dog1.jpg"), "--score-threshold", "0.3",
                        "--out", tmp_path)
     assert code == 2 and "--score-threshold applies to detection models" in err
+
+
+def test_models_lists_detectors(capsys):
+    code, out, _ = run(capsys, "models")
+    assert code == 0 and "detectors (torchvision, COCO):" in out and "  ssdlite320_mobilenet_v3_large" in out
+    assert "  ssd        vgg16; none" in out and "  fasterrcnn any; fpn, none" in out
