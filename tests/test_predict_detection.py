@@ -195,3 +195,24 @@ def test_models_lists_detectors(capsys):
     code, out, _ = run(capsys, "models")
     assert code == 0 and "detectors (torchvision, COCO):" in out and "  ssdlite320_mobilenet_v3_large" in out
     assert "  ssd        vgg16; none" in out and "  fasterrcnn any; fpn, none" in out
+
+
+def test_mask_rcnn_masks_at_input_size_and_resized_preprocessing():
+    """Mask R-CNN's instance masks come back at the input's size, also when the preprocessing resizes
+    first (``infer --checkpoint --resize``): boxes and masks are mapped back to input pixels."""
+    import dataclasses
+
+    torch.manual_seed(0)
+    model = create_model("maskrcnn_resnet50_fpn", weights=None, backbone_weights=None, num_classes=3, resize=96)
+    model.rpn._pre_nms_top_n = model.rpn._post_nms_top_n = {"training": 32, "testing": 32}
+    model.roi_heads.score_thresh = 0.0
+    predictor = Predictor(model)
+    path = shared_image("person1.jpg")
+    height, width = read_image(str(path)).shape[-2:]
+    plain = predictor.predict(path, score_threshold=0.0)
+    assert len(plain) and plain.masks.shape == (len(plain), height, width)
+    predictor.preprocess = dataclasses.replace(predictor.preprocess, resize_size=min(height, width) // 2)
+    halved = predictor.predict(path, score_threshold=0.0)
+    assert len(halved) and halved.masks.shape == (len(halved), height, width)
+    assert halved.image.shape[-2:] == (height, width)
+    assert float(halved.boxes[:, 2].max()) > width * 0.6 and float(halved.boxes[:, 3].max()) > height * 0.6

@@ -12,15 +12,15 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from functools import partial
 from itertools import chain
-from typing import Any, Callable, Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torchvision.models import WeightsEnum
-from torchvision.models.detection.faster_rcnn import FasterRCNN, FastRCNNPredictor
 from torchvision.models.detection._utils import retrieve_out_channels
 from torchvision.models.detection.anchor_utils import AnchorGenerator, DefaultBoxGenerator
+from torchvision.models.detection.faster_rcnn import FasterRCNN, FastRCNNPredictor
 from torchvision.models.detection.mask_rcnn import MaskRCNNPredictor
 from torchvision.models.detection.retinanet import RetinaNetClassificationHead
 from torchvision.models.detection.ssd import SSD, SSDFeatureExtractorVGG, SSDScoringHead
@@ -346,9 +346,3 @@ def build_detector(cfg: ModelConfig) -> tuple[nn.Module, Preprocess, list[str]]:
         return DETECTION_ZOO[cfg.name](cfg)
     return build_assembled_detector(cfg)
 
-
-def detection_output_names() -> dict[str, Any]:
-    """Everything buildable, for ``seg-transfer models``."""
-    return {"detection_zoo": sorted(DETECTION_ZOO),
-            "detection_heads": {k: {"necks": list(h.necks), "backbones": list(h.backbones or sorted(BACKBONES))}
-                                for k, h in DETECTION_HEADS.items()}}
