@@ -39,23 +39,23 @@ def test_classes_from_folders_and_stratified_split(clean):
 
 
 def test_classes_from_config_list_and_mapping(clean):
-    splits = build_dataset(_data(clean, classes=["stripes", "checks"]))
-    assert splits.classes == ["stripes", "checks"]
-    assert {n.split("/")[0] for n, y in zip(splits.train.names, splits.train.labels) if y == 0} == {"stripes"}
-    renamed = build_dataset(_data(clean, classes={"checks": "chessboard", "stripes": "zebra"}))
-    assert renamed.classes == ["chessboard", "zebra"]
-    with pytest.raises(DataError, match="class folder .*stripe: no such folder .*did you mean 'stripes'"):
-        build_dataset(_data(clean, classes=["stripe", "checks"]))
+    splits = build_dataset(_data(clean, classes=["horizontal", "vertical"]))
+    assert splits.classes == ["horizontal", "vertical"]
+    assert {n.split("/")[0] for n, y in zip(splits.train.names, splits.train.labels) if y == 0} == {"horizontal"}
+    renamed = build_dataset(_data(clean, classes={"vertical": "tall", "horizontal": "wide"}))
+    assert renamed.classes == ["tall", "wide"]
+    with pytest.raises(DataError, match="class folder .*horizontl: no such folder .*did you mean 'horizontal'"):
+        build_dataset(_data(clean, classes=["horizontl", "vertical"]))
     with pytest.raises(ConfigError, match="at least two class folders"):
-        build_dataset(_data(clean, classes=["checks"]))
+        build_dataset(_data(clean, classes=["vertical"]))
 
 
 def test_split_by_list_files(clean, tmp_path):
-    (clean / "val.txt").write_text("checks/checks_000.png\nstripes/stripes_001\n")
+    (clean / "val.txt").write_text("vertical/vertical_000.png\nhorizontal/horizontal_001\n")
     splits = build_dataset(_data(clean, val_list="val.txt"))
-    assert splits.val.names == ["checks/checks_000.png", "stripes/stripes_001.png"]
+    assert sorted(splits.val.names) == ["horizontal/horizontal_001.png", "vertical/vertical_000.png"]
     assert len(splits.train) == 18
-    (clean / "bad.txt").write_text("checks/nope.png\n")
+    (clean / "bad.txt").write_text("vertical/nope.png\n")
     with pytest.raises(DataError, match="1 of 1 entries name no image"):
         build_dataset(_data(clean, val_list="bad.txt"))
 

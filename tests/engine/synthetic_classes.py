@@ -6,12 +6,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-CLASSES = ["stripes", "checks"]
+CLASSES = ["horizontal", "vertical"]
 
 
 def make_classes(root: Path, n: int = 24, size: int = 40, seed: int = 0) -> Path:
-    """``root/stripes/*.png`` and ``root/checks/*.png``: the same random colours and noise, the class is
-    the pattern (horizontal stripes vs a checkerboard) at a random phase and period; returns ``root``."""
+    """``root/horizontal/*.png`` (warm colours) and ``root/vertical/*.png`` (cool colours): stripes at a
+    random phase and period, random shades and noise; the class shows in direction and hue (a horizontal
+    flip keeps both). Returns ``root``."""
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[:size, :size]
     for label, name in enumerate(CLASSES):
@@ -19,11 +20,9 @@ def make_classes(root: Path, n: int = 24, size: int = 40, seed: int = 0) -> Path
         for i in range(n):
             period = int(rng.integers(4, 8))
             oy, ox = rng.integers(0, period, 2)
-            if label == 0:
-                on = ((yy + oy) // period) % 2 == 0
-            else:
-                on = (((yy + oy) // period) + ((xx + ox) // period)) % 2 == 0
-            a, b = rng.uniform(40, 215, 3), rng.uniform(40, 215, 3)
+            on = (((yy + oy) if label == 0 else (xx + ox)) // period) % 2 == 0
+            a, b = (rng.uniform([120, 40, 10], [240, 140, 80], (2, 3)) if label == 0 else
+                    rng.uniform([10, 40, 120], [80, 140, 240], (2, 3)))
             image = np.where(on[..., None], a, b) + rng.normal(0, 20, (size, size, 3))
             Image.fromarray(image.clip(0, 255).astype(np.uint8)).save(root / name / f"{name}_{i:03d}.png")
     return root
