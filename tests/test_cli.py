@@ -299,9 +299,12 @@ def test_models_lists_every_registry_name(capsys):
     assert code == 0
     sections = re.split(r"^(\S.*):$", stdout, flags=re.M)
     body = {sections[i].split(" ")[0]: sections[i + 1] for i in range(1, len(sections), 2)}
-    assert set(body) == {"zoo", "backbones", "necks", "heads", "classifiers"}
+    assert set(body) == {"zoo", "backbones", "necks", "heads", "classifiers", "detectors", "detection"}
     from seg_transfer.models.classification import ZOO_CLASSIFIERS
-    for key, registry in (("zoo", ZOO), ("backbones", BACKBONES), ("necks", NECKS), ("classifiers", ZOO_CLASSIFIERS)):
+    from seg_transfer.models.detection import DETECTION_HEADS, DETECTION_ZOO
+    assert {s.split()[0] for s in lines(body["detection"])} == set(DETECTION_HEADS)
+    for key, registry in (("zoo", ZOO), ("backbones", BACKBONES), ("necks", NECKS), ("classifiers", ZOO_CLASSIFIERS),
+                          ("detectors", DETECTION_ZOO)):
         assert sorted(s.strip() for s in lines(body[key])) == sorted(registry)
     head_rows = {s.split()[0]: s for s in lines(body["heads"])}
     assert set(head_rows) == set(HEADS) | {"classifier"}
