@@ -137,3 +137,28 @@ def test_class_aware_init_from_imagenet_names(tmp_path, standin, one_thread):
     assert torch.equal(trainer.model.fc.bias, source["fc.bias"][rows])
     assert [s[0] for s in trainer.report.skipped] == ["fc.weight", "fc.bias"]
     assert len(trainer.report.loaded) == len(source) - 2 and not trainer.report.unexpected
+
+
+@pytest.mark.parametrize("config", ["hymenoptera_resnet18", "hymenoptera_inception_v3"])
+def test_shipped_hymenoptera_configs_set_up(config, standin, tmp_path, monkeypatch, one_thread):
+    """The shipped configs on the real folder (stand-in weights): GIF skipped, 20% of each class held
+    out, the freeze and class-aware init they promise. Training itself is left to the benchmark."""
+    from conftest import SHARED
+    from seg_transfer.config import load_config
+
+    repo = __import__("pathlib").Path(__file__).resolve().parents[2]
+    if not (SHARED / "data/hymenoptera/train").is_dir():
+        pytest.skip("../shared/data/hymenoptera not available")
+    cfg = load_config(str(repo / "configs" / f"{config}.yaml"), [f"output.dir={tmp_path}"])
+    standin(cfg.model.name)
+    monkeypatch.chdir(repo)  # data.root is relative to the repository root
+    trainer = Trainer(cfg, progress=False, log=lambda _: None)
+    assert (len(trainer.train_set), len(trainer.val_set)) == (195, 49)
+    if config.endswith("resnet18"):
+        assert trainer.classes == ["ant", "bee"] and trainer.report.class_aware == ["ant", "bee"]
+        assert trainer.freeze_state.frozen_stages == []
+    else:
+        assert trainer.classes == ["ants", "bees"]
+        assert trainer.freeze_state.frozen_stages[-1] == "Mixed_5d"
+        assert not trainer.model.Mixed_5d.branch1x1.conv.weight.requires_grad
+        assert trainer.model.Mixed_6a.branch3x3.conv.weight.requires_grad
