@@ -162,3 +162,17 @@ def test_shipped_hymenoptera_configs_set_up(config, standin, tmp_path, monkeypat
         assert trainer.freeze_state.frozen_stages[-1] == "Mixed_5d"
         assert not trainer.model.Mixed_5d.branch1x1.conv.weight.requires_grad
         assert trainer.model.Mixed_6a.branch3x3.conv.weight.requires_grad
+
+
+def test_gradual_unfreezing(tmp_path, one_thread):
+    cfg = _config(make_classes(tmp_path / "data", n=8, size=32), tmp_path, freeze={"strategy": "feature_extraction", "schedule": {1: "layer4"}},
+                  train={"epochs": 2, "backbone_lr_mult": 0.1}, output={"num_predictions": 0})
+    trainer = Trainer(cfg, progress=False, log=lambda _: None)
+    assert not trainer.cached  # the schedule unfreezes: no cache
+    layer3 = {k: v.clone() for k, v in trainer.model.backbone.stage("layer3").state_dict().items()}
+    layer4 = {k: v.clone() for k, v in trainer.model.backbone.stage("layer4").state_dict().items()}
+    trainer.fit()
+    assert trainer.unfrozen == ["layer4"] and len(trainer.optimizer.param_groups) == 2
+    assert trainer.optimizer.param_groups[1]["lr"] == pytest.approx(trainer.optimizer.param_groups[0]["lr"] * 0.1)
+    assert all(torch.equal(v, trainer.model.backbone.stage("layer3").state_dict()[k]) for k, v in layer3.items())
+    assert not torch.equal(layer4["0.conv1.weight"], trainer.model.backbone.stage("layer4")[0].conv1.weight)

@@ -173,3 +173,14 @@ def test_checkpoint_round_trip(spec, tmp_path):
     x = torch.randn(1, 3, 80, 80)
     with torch.no_grad():
         assert torch.equal(loaded(x), model(x))
+
+
+def test_lr_groups_of_a_zoo_classifier():
+    """The backbone view decides the LR groups: only the classifier layers are the head."""
+    from seg_transfer.transfer import param_groups
+
+    model = build_model(dict(name="mobilenet_v3_large", weights=None, num_classes=2))
+    groups = {g["name"]: g for g in param_groups(model, 0.1, backbone_lr_mult=0.01)}
+    assert {id(p) for p in groups["head"]["params"]} == {id(p) for p in model.classifier.parameters()}
+    assert groups["backbone"]["lr"] == pytest.approx(0.001)
+    assert len(groups["head"]["params"]) + len(groups["backbone"]["params"]) == len(list(model.parameters()))
