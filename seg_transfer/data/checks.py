@@ -23,7 +23,8 @@ if TYPE_CHECKING:  # folder.py imports this module, so only the type checker may
 
 # Problem kinds, so callers (and tests) can tell them apart without parsing messages.
 KINDS = ("missing_path", "unreadable", "missing_mask", "missing_image", "duplicate_name", "lossy_mask",
-         "rgb_mask", "binary_mask", "size_mismatch", "label_range", "empty_split", "bad_list", "absent_class")
+         "rgb_mask", "binary_mask", "size_mismatch", "label_range", "empty_split", "bad_list", "absent_class",
+         "bad_box", "unknown_class")  # the last two: box annotations (data/boxes.py)
 
 
 @dataclass(frozen=True)
