@@ -8,6 +8,8 @@ as the weights' ``ObjectDetection`` preset does. Channel counts are read from th
 """
 from __future__ import annotations
 
+import inspect
+import typing
 from collections import OrderedDict
 from dataclasses import dataclass
 from functools import partial
@@ -16,6 +18,7 @@ from typing import Callable, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
+import torchvision
 from torch import nn
 from torchvision.models import WeightsEnum
 from torchvision.models.detection._utils import retrieve_out_channels
@@ -33,7 +36,6 @@ from . import weights as W
 from .backbones import BACKBONES, Backbone
 from .necks import NECKS
 from .preprocess import Preprocess
-from .zoo import _backbone_enum
 
 BACKGROUND = "__background__"
 
@@ -199,7 +201,13 @@ def build_zoo_detector(tv_name: str, cfg: ModelConfig) -> tuple[nn.Module, Prepr
         if len(names) != official:
             replace_class_predictors(model, len(names))
     else:
-        bb = W.resolve(tv_name, cfg.backbone_weights, "backbone_weights", enum=_backbone_enum(tv_name))
+        enum, default_bb = _backbone_weights(tv_name)
+        bb = W.resolve(tv_name, cfg.backbone_weights, "backbone_weights", enum=enum)
+        if isinstance(bb, WeightsEnum) and default_bb is not None \
+                and str(cfg.backbone_weights).split(".")[-1] == "DEFAULT":
+            # DEFAULT means the builder's own choice: SSD300 normalises for VGG16's IMAGENET1K_FEATURES,
+            # the R-CNNs were trained from ResNet-50's IMAGENET1K_V1, not the enums' newest entries.
+            bb = default_bb
         if isinstance(bb, WeightsEnum):
             W.ensure_cached(tv_name, bb, "backbone_weights")
         elif bb is not None:
@@ -208,6 +216,17 @@ def build_zoo_detector(tv_name: str, cfg: ModelConfig) -> tuple[nn.Module, Prepr
         model, _ = W.build_torchvision(tv_name, None, "weights", num_classes=len(names), weights_backbone=bb)
     set_input_size(model, cfg.resize)
     return _train_all(model), detection_preprocess(), names
+
+
+def _backbone_weights(tv_name: str) -> tuple[type[WeightsEnum], Optional[WeightsEnum]]:
+    """The backbone weights enum of torchvision builder ``tv_name`` and the builder's own default entry
+    (None for the v2 builders, whose recipe does not name one: DEFAULT is then the enum's)."""
+    builder = torchvision.models.get_model_builder(tv_name)
+    default = inspect.signature(builder).parameters["weights_backbone"].default
+    if default is not None:
+        return type(default), default
+    hint = typing.get_type_hints(builder)["weights_backbone"]
+    return next(a for a in typing.get_args(hint) if isinstance(a, type) and issubclass(a, WeightsEnum)), None
 
 
 DETECTION_ZOO: dict[str, Callable[[ModelConfig], tuple]] = {

@@ -2,11 +2,14 @@
 (targets -> loss dict) and eval mode (boxes, labels, scores) on tiny inputs; classes, predictors, errors."""
 from __future__ import annotations
 
+import inspect
+
 import pytest
 import torch
+import torchvision
 from torch import nn
 
-from seg_transfer.errors import ConfigError
+from seg_transfer.errors import ConfigError, WeightsUnavailableError
 from seg_transfer.models import create_model
 from seg_transfer.models.backbones import BACKBONES
 from seg_transfer.models.build import model_names, torchvision_builders
@@ -154,3 +157,17 @@ def test_classes_count_background():
 def test_bad_combinations(kwargs, match):
     with pytest.raises(ConfigError, match=match):
         create_model(**{"num_classes": 3, "backbone_weights": None, "weights": None, **kwargs})
+
+
+@pytest.mark.parametrize("name", sorted(DETECTION_ZOO))
+def test_default_backbone_weights_are_the_builders(name, tmp_path, monkeypatch):
+    """``weights: null`` + ``backbone_weights: DEFAULT`` asks for the backbone entry torchvision's builder
+    uses (SSD300: VGG16 IMAGENET1K_FEATURES, which its normalisation expects); offline, one clear error."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    monkeypatch.setenv("SEG_TRANSFER_OFFLINE", "1")
+    builder = torchvision.models.get_model_builder(name)
+    default = inspect.signature(builder).parameters["weights_backbone"].default
+    with pytest.raises(WeightsUnavailableError) as err:
+        create_model(name, weights=None, num_classes=3)
+    expected = f"{type(default).__name__}.{default.name}" if default is not None else "ResNet50_Weights.IMAGENET1K_V2"
+    assert f"pretrained weights {expected} are not cached" in str(err.value)
