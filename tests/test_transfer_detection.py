@@ -179,3 +179,22 @@ def test_detector_checkpoint_round_trip(tmp_path):
     with torch.no_grad():
         a, b = model(image)[0], again(image)[0]
     assert len(a["boxes"]) and torch.equal(a["boxes"], b["boxes"]) and torch.equal(a["labels"], b["labels"])
+
+
+@pytest.mark.parametrize("source,target", [
+    (dict(name="resnet18", num_classes=2), dict(backbone="resnet18", neck="fpn", head="fasterrcnn", num_classes=3)),
+    (dict(name="fasterrcnn_mobilenet_v3_large_320_fpn", num_classes=3), dict(name="lraspp_mobilenet_v3_large", num_classes=5)),
+    (dict(name="fasterrcnn_mobilenet_v3_large_320_fpn", num_classes=3),
+     dict(backbone="mobilenet_v3_large", neck="none", head="lraspp", num_classes=5)),
+], ids=["classifier->detector", "detector->segmentation zoo", "detector->assembled segmentation"])
+def test_backbone_between_any_tasks(source, target, tmp_path):
+    """The same config line works in every direction: a classifier's or a detector's backbone too."""
+    torch.manual_seed(0)
+    src = create_model(**source, weights=None, backbone_weights=None)
+    path = save_checkpoint(tmp_path / "src.pt", src)
+    model = create_model(**target, weights=None, backbone_weights=str(path))
+    report = model.info.transfer
+    assert report.loaded and not report.skipped and not report.missing and not report.unexpected
+    assert len(report.loaded) == sum(len(layer.tensors) for layer in stage_layers(model))
+    ours, theirs = stage_layers(model), stage_layers(src)
+    assert all(torch.equal(a.tensors[k], b.tensors[k]) for a, b in zip(ours, theirs) for k in a.tensors)
