@@ -89,7 +89,8 @@ def cmd_infer(args: argparse.Namespace) -> int:
             continue
         written += len(files)
         if not args.quiet:
-            bar.write(f"{path}: {result.describe()} -> {', '.join(f.name for f in files)}")
+            # classification writes files only with --json: then the printed top-k is the output
+            bar.write(f"{path}: {result.describe()}" + (f" -> {', '.join(f.name for f in files)}" if files else ""))
     ok = len(inputs) - (failed - len(errors))
     print(f"wrote {written} files for {ok} image(s) to {out}/" + (f"; {failed} input(s) failed" if failed else ""),
           file=sys.stderr)
