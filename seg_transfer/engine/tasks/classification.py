@@ -211,12 +211,13 @@ def _class_weights(spec: Any, train: Any, num_classes: int) -> Optional[torch.Te
 @torch.inference_mode()
 def sample_predictions(model: nn.Module, dataset: Any, n: int, device: torch.device
                        ) -> tuple[list[np.ndarray], list[int], list[int]]:
-    """The first ``n`` val items as (uint8 image, true label, predicted label)."""
+    """``n`` val items spread evenly over the split (datasets list one class after another, so the first
+    ``n`` would show one class) as (uint8 image, true label, predicted label)."""
     model.eval()
     norm = model.info.preprocess
     mean, std = torch.tensor(norm.mean).view(3, 1, 1), torch.tensor(norm.std).view(3, 1, 1)
     images, targets, preds = [], [], []
-    for i in range(min(n, len(dataset))):
+    for i in sorted({int(round(v)) for v in np.linspace(0, len(dataset) - 1, min(n, len(dataset)))}):
         image, label = dataset[i]
         preds.append(int(model(image[None].to(device)).argmax(1)[0]))
         images.append(((image * std + mean).clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy())
