@@ -30,8 +30,8 @@ and curves.png writes (``fit()`` minus the evaluations); ``eval s`` the per-epoc
 ``total s`` = ``Trainer()`` (data index, model build, init_from load, cache build) + ``fit()``; ``x full``
 is total / full fine-tuning's total.
 
-    .venv/bin/python benchmarks/transfer_strategies.py --smoke      # ~30-60 s: does it run at all
-    .venv/bin/python benchmarks/transfer_strategies.py              # default run, ~15 min on 2 CPU cores
+    .venv/bin/python benchmarks/transfer_strategies.py --smoke      # ~35 s: does it run at all
+    .venv/bin/python benchmarks/transfer_strategies.py              # default run: 26 min measured on 2 shared CPU cores (eval-bound)
 """
 from __future__ import annotations
 
