@@ -198,6 +198,7 @@ class TrainConfig:
     workers: int = 0
     device: str = "auto"
     init_from: Optional[str] = None
+    precise_bn: int = 0  # before each evaluation, recompute BatchNorm statistics over this many train batches
 
 
 @dataclass

@@ -124,8 +124,8 @@ class Trainer:
 
     def _transfer_init(self) -> TransferReport | None:
         source = _source_weights(self.cfg)
-        if source is None:
-            return None
+        if source is None:  # a backbone from another seg_transfer checkpoint was loaded at build time
+            return getattr(self.model.info, "transfer", None)
         source_classes, state, description = source
         with torch.no_grad():
             report = load_matching(self.model, state)
@@ -223,6 +223,25 @@ class Trainer:
             bar.set_postfix(loss=f"{total / count:.4f}")
         return total / max(count, 1)
 
+    def precise_bn(self, epoch: int) -> int:
+        """``train.precise_bn``: BatchNorm statistics recomputed over that many train batches (fixed
+        order, seeded by epoch) with the current weights; the checkpoint saves them."""
+        n = self.cfg.train.precise_bn
+        if n <= 0:
+            return 0
+        from .precise_bn import recompute_bn_stats
+
+        t = self.cfg.train
+        loader = D.make_loader(self.train_set, t.batch_size, shuffle=True, seed=t.seed + 1, epoch=epoch,
+                               workers=t.workers, collate_fn=self.collate, drop_last=len(self.train_set) > t.batch_size)
+
+        def step(batch: Any) -> None:
+            inputs, targets = batch
+            with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_enabled):
+                self.train_loss(_to(inputs, self.device), self.task.to_device(targets, self.device))
+
+        return recompute_bn_stats(self.model, loader, step, n)
+
     @torch.inference_mode()
     def evaluate(self) -> tuple[float, dict[str, Any], Meter]:
         """Val loss and metrics over the val split (all ranks contribute to the meter)."""
@@ -244,6 +263,7 @@ class Trainer:
             self._unfreeze_for(epoch)
             start = time.perf_counter()
             train_loss = self.train_epoch(epoch)
+            self.precise_bn(epoch)
             val_loss, metrics, matrix = self.evaluate()
             row = {"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val_loss, **self.task.row(metrics),
                    "lr": self.optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - start}
