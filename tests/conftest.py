@@ -19,6 +19,17 @@ SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 IMAGES = SHARED / "images"
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Small tensors gain nothing from threads, and OpenMP's spinning stalls when test runs share the cores."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def torch_home(tmp_path_factory) -> Path:
     """Every test sees a private, initially empty TORCH_HOME: never the user's cache."""

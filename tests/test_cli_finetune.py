@@ -20,19 +20,7 @@ def data_root(tmp_path_factory):
     return make_dataset(tmp_path_factory.mktemp("synthetic"), n=20)
 
 
-@pytest.fixture(autouse=True)
-def _threads(one_thread):
-    yield
-
-
-@pytest.fixture(scope="module")
-def one_thread():
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def write_config(path, data_root, out, **sections):

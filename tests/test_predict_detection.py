@@ -24,7 +24,7 @@ from seg_transfer.models.detection import class_tensors
 from seg_transfer.predict_detection import DetectionResult
 
 # The recipe decodes with torchvision.io, deprecated in 0.29 in favour of TorchCodec; it is still the recipe.
-pytestmark = pytest.mark.filterwarnings("ignore:The image decoding:DeprecationWarning")
+pytestmark = [pytest.mark.filterwarnings("ignore:The image decoding:DeprecationWarning"), pytest.mark.usefixtures("one_thread")]
 
 PHOTOS = ["dog1.jpg", "person1.jpg"]
 # torchvision's keyword for the score below which a detector drops boxes before NMS, per model.
@@ -32,13 +32,6 @@ FLOOR_KWARG = {"fasterrcnn_mobilenet_v3_large_320_fpn": "box_score_thresh", "ssd
 SSDLITE = "ssdlite320_mobilenet_v3_large"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Small inputs gain nothing from threads, and OpenMP's spinning stalls when test runs share the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def lower_floor(model) -> None:

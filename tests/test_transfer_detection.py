@@ -19,13 +19,7 @@ DETECTORS = [pytest.param(n, marks=pytest.mark.slow) if n == "ssd300_vgg16" else
     dict(backbone="mobilenet_v3_large", neck="none", head="ssdlite")]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Small inputs gain nothing from threads, and OpenMP's spinning stalls when test runs share the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def build(spec, **kwargs):

@@ -14,15 +14,10 @@ from seg_transfer.models.checkpoint import load_checkpoint, save_checkpoint
 from seg_transfer.models.classification import INCEPTION_STAGES, ZOO_CLASSIFIERS
 from seg_transfer.transfer import apply_freeze, freeze_counts, stage_modules
 
-pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")  # Inception's init_weights default
+# FutureWarning: Inception's init_weights default
+pytestmark = [pytest.mark.filterwarnings("ignore::FutureWarning"), pytest.mark.usefixtures("one_thread")]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _size(model: nn.Module) -> int:

@@ -31,13 +31,7 @@ ASSEMBLED = [_mark(head, backbone, neck, head) for head, spec in sorted(DETECTIO
 SIZE = {"ssd": None, "ssdlite": None}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Small tensors gain nothing from threads, and OpenMP's spinning stalls when test runs share the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny(model: nn.Module) -> nn.Module:
