@@ -18,8 +18,10 @@ def root(tmp_path):
     return tmp_path
 
 
-def test_registry_lists_the_three_formats():
-    assert set(DATASETS) == {"folder", "voc", "coco"}
+def test_registry_has_every_task_s_formats():
+    assert {"folder", "voc", "coco"} <= set(DATASETS)  # segmentation
+    assert {"voc_boxes", "coco_boxes", "instance_masks"} <= set(DATASETS)  # detection
+    assert "imagefolder" in DATASETS  # classification
 
 
 def test_items_are_raw_uint8_images_and_int64_masks_matching_the_files(root):
