@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""BCCD detection runs for benchmarks/RESULTS_detection.md: fine-tune a config through the one Trainer,
+"""BCCD detection runs for benchmarks/RESULTS.md: fine-tune a config through the one Trainer,
 with R-CNN sampling sized for a shared CPU, then print AP / AP50 overall and per class of best.pt.
 
 torchvision's Faster R-CNN samples 512 RoIs per image from 2000 proposals in training; its box head's
