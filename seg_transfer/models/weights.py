@@ -93,10 +93,11 @@ def official_arch_kwargs(model: str, weights: Optional[WeightsEnum] = None) -> d
 
 def _offline_message(model: str, weights: WeightsEnum, key: str, reason: str) -> str:
     path = cache_path(weights)
+    base = key.rpartition(".")[2]  # 'weights' / 'backbone_weights', however the caller names the key
     return (f"{model}: pretrained weights {entry_name(weights)} are not cached at {path} and cannot be "
             f"downloaded from {weights.url} ({reason}); copy that file there, or run "
-            f"'seg-transfer weights import FILE', or set '{key}: null'"
-            + f" (--{key.replace('_', '-')} none)" + " to start from random values")
+            f"'seg-transfer weights import FILE', or set 'model.{base}: null'"
+            + f" (--{base.replace('_', '-')} none)" + " to start from random values")
 
 
 def download(weights: WeightsEnum, progress: bool = True) -> Path:
