@@ -101,7 +101,7 @@ def assert_offline_message(err: pytest.ExceptionInfo, model: str, w, key: str, h
     message = str(err.value)
     assert "\n" not in message
     for part in (model, full_name(w), str(expected_cache_file(home, w)), w.url,
-                 "seg-transfer weights import", f"'{key}: null'"):
+                 "seg-transfer weights import", f"'model.{key}: null'", f"--{key.replace('_', '-')} none"):
         assert part in message, part
     assert not expected_cache_file(home, w).exists()
 
