@@ -77,6 +77,8 @@ class ImageFolderDataset(torch.utils.data.Dataset):
         return clone
 
 
+_SKIP_REPORTED: set[tuple[str, int]] = set()  # said once per process
+
 def _relative(path: Path, root: Optional[Path]) -> str:
     try:
         return path.relative_to(root).as_posix() if root is not None else path.name
@@ -238,7 +240,8 @@ def build_imagefolder(root: PathLike, *, classes: Union[Sequence[str], Mapping[s
     found_problems = _scan(files, decode=skip_bad)
     bad = {i for i, ps in enumerate(found_problems) if any(p.severity == "error" for p in ps)}
     errors = [p for i in sorted(bad) for p in found_problems[i] if p.severity == "error"]
-    if skip_bad and bad:
+    if skip_bad and bad and (str(root), len(bad)) not in _SKIP_REPORTED:
+        _SKIP_REPORTED.add((str(root), len(bad)))  # the data check and the Trainer each build the dataset
         print(f"data: skipped {len(bad)} bad file(s) of {len(files)} (data.skip_bad: true): "
               + "; ".join(str(p) for p in errors[:3]) + ("; ..." if len(errors) > 3 else ""),
               file=sys.stderr, flush=True)
