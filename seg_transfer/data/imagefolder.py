@@ -240,11 +240,12 @@ def build_imagefolder(root: PathLike, *, classes: Union[Sequence[str], Mapping[s
     found_problems = _scan(files, decode=skip_bad)
     bad = {i for i, ps in enumerate(found_problems) if any(p.severity == "error" for p in ps)}
     errors = [p for i in sorted(bad) for p in found_problems[i] if p.severity == "error"]
-    if skip_bad and bad and (str(root), len(bad)) not in _SKIP_REPORTED:
-        _SKIP_REPORTED.add((str(root), len(bad)))  # the data check and the Trainer each build the dataset
-        print(f"data: skipped {len(bad)} bad file(s) of {len(files)} (data.skip_bad: true): "
-              + "; ".join(str(p) for p in errors[:3]) + ("; ..." if len(errors) > 3 else ""),
-              file=sys.stderr, flush=True)
+    if skip_bad:
+        if bad and (str(root), len(bad)) not in _SKIP_REPORTED:
+            _SKIP_REPORTED.add((str(root), len(bad)))  # the data check and the Trainer each build the dataset
+            print(f"data: skipped {len(bad)} bad file(s) of {len(files)} (data.skip_bad: true): "
+                  + "; ".join(str(p) for p in errors[:3]) + ("; ..." if len(errors) > 3 else ""),
+                  file=sys.stderr, flush=True)
     elif errors:
         report(errors)  # raises the first (naming the rest), or records them all for --check-data
     keep = [i for i in range(len(files)) if i not in bad]

@@ -80,6 +80,8 @@ def test_training_data_stops_before_start_or_skips(messy, capsys):
         build_dataset(_data(root))
     splits = build_dataset(_data(root, skip_bad=True))
     assert "skipped 4 bad file(s) of 19" in capsys.readouterr().err
+    again = build_dataset(_data(root, skip_bad=True))  # the Trainer builds it again after the data check
+    assert "skipped" not in capsys.readouterr().err and again.train.files == splits.train.files
     kept = {*splits.train.files, *splits.val.files}
     assert {files["cmyk"], files["16bit"], files["spaces"]} <= kept
     assert not kept & {files[k] for k in ("gif", "empty", "text", "truncated")}
