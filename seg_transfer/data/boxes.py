@@ -14,15 +14,13 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 import torch.utils.data
 
-from ..errors import BadInputError, ConfigError
-from ..io import open_image, read_image
+from ..errors import ConfigError
 from .checks import DataError, Problem, fail, report
-from .folder import DataSplits
+from .folder import DataSplits, image_file_shape, read_rgb
 from .split import stem
 
 BACKGROUND = "__background__"
 BAD_BOXES = ("error", "drop")  # what a bad box is: an error that stops training, or a warning and dropped
-ORIENTATION = 0x0112
 
 
 @dataclass
@@ -144,20 +142,11 @@ class BoxDataset(torch.utils.data.Dataset):
         return [stem(str(p)) for p in self.images]
 
     def read_image(self, i: int) -> np.ndarray:
-        try:
-            return read_image(self.images[i]).permute(1, 2, 0).numpy()
-        except BadInputError as err:
-            raise fail(Problem("unreadable", str(self.images[i]), f"image {err}")) from None
+        return read_rgb(self.images[i])
 
     def image_shape(self, i: int) -> tuple[int, int]:
         """(H, W) as ``read_image`` returns it, from the header (EXIF quarter turns swap the sides)."""
-        try:
-            with open_image(self.images[i]) as img:
-                width, height = img.size
-                turned = img.getexif().get(ORIENTATION, 1) in (5, 6, 7, 8)
-        except BadInputError as err:
-            raise fail(Problem("unreadable", str(self.images[i]), f"image {err}")) from None
-        return (width, height) if turned else (height, width)
+        return image_file_shape(self.images[i])
 
     def _target(self, i: int, image_shape: Optional[Sequence[int]]) -> tuple[dict[str, np.ndarray], list[Problem]]:
         raw = self.reader(self.annotations[i])

@@ -2,7 +2,6 @@
 decoded by pycocotools) for detectors; categories become labels 1..K in id order."""
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -10,32 +9,20 @@ import numpy as np
 
 from .boxes import RawBoxes, check_bad_boxes, check_classes, make_box_splits
 from .checks import Problem, report
-from .coco import _categories, decode, load_instances
+from .coco import CocoImage, _categories, decode, load_instances
 from .folder import DataSplits, find_folder
 from .split import PathLike, split_names
 
 
-@dataclass(frozen=True)
-class CocoBoxesRef:
-    """One image of a COCO file: ``str`` names it in problems as '<file_name> (image id N in <json>)'."""
-
-    annotations: str
-    image_id: int
-    file_name: str
-
-    def __str__(self) -> str:
-        return f"{self.file_name} (image id {self.image_id} in {self.annotations})"
-
-
 class CocoBoxReader:
-    """CocoBoxesRef -> RawBoxes: ``bbox`` [x, y, w, h] -> xyxy; category ids outside the file's
+    """CocoImage -> RawBoxes: ``bbox`` [x, y, w, h] -> xyxy; category ids outside the file's
     categories get label -1 (reported by the check with the annotation's index)."""
 
     def __init__(self, labels: dict[int, int], masks: bool):
         self.labels, self.masks = labels, masks
-        self.images: dict[CocoBoxesRef, tuple[tuple[int, int], list[dict[str, Any]]]] = {}
+        self.images: dict[CocoImage, tuple[tuple[int, int], list[dict[str, Any]]]] = {}
 
-    def __call__(self, ref: CocoBoxesRef) -> RawBoxes:
+    def __call__(self, ref: CocoImage) -> RawBoxes:
         (height, width), anns = self.images[ref]
         if not anns:
             return RawBoxes.empty((height, width))
@@ -90,7 +77,7 @@ def build_coco_boxes(root: PathLike, *, images: str = "images", annotations: str
                 problems.append(Problem("missing_image", str(file),
                                         f"image {file}: no such file (listed in {path} as image id {img['id']})"))
                 continue
-            ref = CocoBoxesRef(str(path), int(img["id"]), str(img["file_name"]))
+            ref = CocoImage(str(path), int(img["id"]), str(img["file_name"]))
             reader.images[ref] = ((int(img["height"]), int(img["width"])), by_image.get(img["id"], []))
             files.append(file)
             refs.append(ref)

@@ -19,6 +19,27 @@ Transform = Callable[[np.ndarray, np.ndarray], Any]
 ORIENTATION = 0x0112  # the EXIF tag io.read_image honours
 
 
+def read_rgb(path: PathLike) -> np.ndarray:
+    """An image file as RGB uint8 HxWx3 (``io.read_image``: EXIF orientation, modes); an unreadable
+    file is a DataError naming it."""
+    try:
+        return read_image(path).permute(1, 2, 0).numpy()
+    except BadInputError as err:
+        raise fail(Problem("unreadable", str(path), f"image {err}")) from None
+
+
+def image_file_shape(path: PathLike) -> tuple[int, int]:
+    """(H, W) of an image file as ``read_rgb`` returns it, from the header: no RGB copy is made."""
+    try:
+        with open_image(path) as img:
+            width, height = img.size
+            # EXIF orientations 5-8 are quarter turns: read_image swaps the sides
+            turned = img.getexif().get(ORIENTATION, 1) in (5, 6, 7, 8)
+    except BadInputError as err:
+        raise fail(Problem("unreadable", str(path), f"image {err}")) from None
+    return (width, height) if turned else (height, width)
+
+
 class SegDataset(torch.utils.data.Dataset):
     """Image/mask pairs read raw (uint8 HxWx3, int64 HxW labels) and checked; ``transform`` is applied last.
 
@@ -53,10 +74,7 @@ class SegDataset(torch.utils.data.Dataset):
 
     def read_image(self, i: int) -> np.ndarray:
         """Image ``i`` as RGB uint8 HxWx3 (EXIF orientation and modes handled by ``io.read_image``)."""
-        try:
-            return read_image(self.images[i]).permute(1, 2, 0).numpy()
-        except BadInputError as err:
-            raise fail(Problem("unreadable", str(self.images[i]), f"image {err}")) from None
+        return read_rgb(self.images[i])
 
     def read_mask(self, i: int) -> np.ndarray:
         """Mask ``i`` as int64 HxW class indices (label map applied, labels checked; image not read)."""
@@ -67,14 +85,7 @@ class SegDataset(torch.utils.data.Dataset):
 
     def image_shape(self, i: int) -> tuple[int, int]:
         """(H, W) of image ``i`` as ``read_image`` would return it; decodes the file but skips the RGB copy."""
-        try:
-            with open_image(self.images[i]) as img:
-                width, height = img.size
-                # EXIF orientations 5-8 are quarter turns: read_image swaps the sides
-                turned = img.getexif().get(ORIENTATION, 1) in (5, 6, 7, 8)
-        except BadInputError as err:
-            raise fail(Problem("unreadable", str(self.images[i]), f"image {err}")) from None
-        return (width, height) if turned else (height, width)
+        return image_file_shape(self.images[i])
 
     def inspect(self, i: int) -> tuple[Optional[np.ndarray], list[Problem]]:
         """(int64 mask or None, every problem of sample ``i``); never raises for bad data."""

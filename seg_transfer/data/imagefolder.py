@@ -19,10 +19,9 @@ import numpy as np
 import torch.utils.data
 from PIL import Image, UnidentifiedImageError
 
-from ..errors import BadInputError, ConfigError, suggest
-from ..io import read_image
+from ..errors import ConfigError, suggest
 from .checks import Problem, fail, report
-from .folder import DataSplits
+from .folder import DataSplits, read_rgb
 from .split import PathLike, SPLITS, _check_ratio, _n_val, read_list
 
 IGNORE_INDEX = -100  # never a class index: image labels have no ignore value (CrossEntropyLoss' default)
@@ -54,11 +53,7 @@ class ImageFolderDataset(torch.utils.data.Dataset):
 
     def read(self, i: int) -> tuple[np.ndarray, int]:
         """Raw item ``i``: (RGB uint8 HxWx3, label); a DataError names the file."""
-        try:
-            image = read_image(self.files[i]).permute(1, 2, 0).numpy()
-        except BadInputError as err:
-            raise fail(Problem("unreadable", str(self.files[i]), f"image {err}")) from None
-        return image, self.labels[i]
+        return read_rgb(self.files[i]), self.labels[i]
 
     def __getitem__(self, i: int) -> Any:
         image, label = self.read(i)
