@@ -39,9 +39,8 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from common import CAMVID_CLASSES as CLASSES  # noqa: E402
 
-CLASSES = ["sky", "building", "pole", "road", "pavement", "tree", "signsymbol", "fence", "car",
-           "pedestrian", "bicyclist"]
 MODEL = "lraspp_mobilenet_v3_large"
 
 

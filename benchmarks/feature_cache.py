@@ -45,9 +45,8 @@ from typing import Any, Callable
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from common import CAMVID_CLASSES, timed  # noqa: E402
 
-CAMVID_CLASSES = ["sky", "building", "pole", "road", "pavement", "tree", "signsymbol", "fence", "car",
-                  "pedestrian", "bicyclist"]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -159,14 +158,6 @@ class TimedDataset:
             self.seconds += time.perf_counter() - start
 
 
-def timed(fn: Callable, box: dict[str, float], key: str) -> Callable:
-    def wrapper(*a: Any, **kw: Any) -> Any:
-        start = time.perf_counter()
-        try:
-            return fn(*a, **kw)
-        finally:
-            box[key] += time.perf_counter() - start
-    return wrapper
 
 
 def run_side(name: str, cfg_dict: dict[str, Any], enabled: bool, out: Path) -> dict[str, Any]:

@@ -49,10 +49,9 @@ from typing import Any, Callable
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from common import CAMVID_CLASSES, timed  # noqa: E402
 
 MODEL = "lraspp_mobilenet_v3_large"
-CAMVID_CLASSES = ["sky", "building", "pole", "road", "pavement", "tree", "signsymbol", "fence", "car",
-                  "pedestrian", "bicyclist"]
 UPSTREAM_SEQUENCES = ("0001TP", "0006R0")
 DOWNSTREAM_SEQUENCE = "0016E5"
 STRATEGIES = ("scratch", "feature_extraction", "partial", "full", "gradual")
@@ -196,14 +195,6 @@ def strategy_config(name: str, base: dict[str, Any], upstream: str, args: argpar
 
 # ------------------------------------------------------------------------------------- running
 
-def timed(fn: Callable, box: dict[str, float], key: str) -> Callable:
-    def wrapper(*a: Any, **kw: Any) -> Any:
-        start = time.perf_counter()
-        try:
-            return fn(*a, **kw)
-        finally:
-            box[key] += time.perf_counter() - start
-    return wrapper
 
 
 def trainable(model: Any) -> int:
