@@ -122,10 +122,7 @@ def _assemble(cfg: ModelConfig) -> tuple[nn.Module, Preprocess, Optional[list[st
     if cfg.neck not in HEAD_NECKS[cfg.head]:
         raise ConfigError(f"model: head '{cfg.head}' cannot sit on neck '{cfg.neck}'; "
                           f"valid necks for it: {', '.join(HEAD_NECKS[cfg.head])}")
-    whole = None if cfg.weights is None or cfg.weights.lower() in ("default", "none", "null") else cfg.weights
-    if whole is not None and not W.is_local_spec(whole):
-        raise ConfigError(f"model.weights: an assembled model takes a local .pth file or null here, got "
-                          f"'{whole}' (pretrained backbones come from model.backbone_weights)")
+    whole = W.assembled_weights(cfg.weights)
     num_classes, _ = _class_names(cfg.num_classes, cfg.classes, None)
     backbone = BACKBONES[cfg.backbone](None if whole else cfg.backbone_weights, cfg.output_stride,
                                        520 if cfg.resize is None else cfg.resize)

@@ -335,10 +335,7 @@ def build_assembled_detector(cfg: ModelConfig) -> tuple[nn.Module, Preprocess, l
     if cfg.neck not in head.necks:
         raise ConfigError(f"model: head '{cfg.head}' cannot sit on neck '{cfg.neck}'; "
                           f"valid necks for it: {', '.join(head.necks)}")
-    whole = None if cfg.weights is None or cfg.weights.lower() in ("default", "none", "null") else cfg.weights
-    if whole is not None and not W.is_local_spec(whole):
-        raise ConfigError(f"model.weights: an assembled model takes a local .pth file or null here, got "
-                          f"'{whole}' (pretrained backbones come from model.backbone_weights)")
+    whole = W.assembled_weights(cfg.weights)
     names = detection_classes(cfg.num_classes, cfg.classes, None)
     backbone = BACKBONES[cfg.backbone](None if whole else cfg.backbone_weights, cfg.output_stride, 0)
     model = head.build(backbone, cfg, len(names))

@@ -91,6 +91,16 @@ def official_arch_kwargs(model: str, weights: Optional[WeightsEnum] = None) -> d
     return kwargs
 
 
+def assembled_weights(spec: Optional[str]) -> Optional[str]:
+    """An assembled model's ``model.weights``: a local whole-model file, or None (DEFAULT / none / null:
+    the pretrained part then comes from ``model.backbone_weights``)."""
+    whole = None if spec is None or spec.lower() in ("default", "none", "null") else spec
+    if whole is not None and not is_local_spec(whole):
+        raise ConfigError(f"model.weights: an assembled model takes a local .pth file or null here, got "
+                          f"'{whole}' (pretrained backbones come from model.backbone_weights)")
+    return whole
+
+
 def _offline_message(model: str, weights: WeightsEnum, key: str, reason: str) -> str:
     path = cache_path(weights)
     base = key.rpartition(".")[2]  # 'weights' / 'backbone_weights', however the caller names the key
