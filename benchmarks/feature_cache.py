@@ -41,12 +41,11 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from common import CAMVID_CLASSES, timed  # noqa: E402
-
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

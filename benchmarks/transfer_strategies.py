@@ -31,7 +31,8 @@ and curves.png writes (``fit()`` minus the evaluations); ``eval s`` the per-epoc
 is total / full fine-tuning's total.
 
     .venv/bin/python benchmarks/transfer_strategies.py --smoke      # ~35 s: does it run at all
-    .venv/bin/python benchmarks/transfer_strategies.py              # default run: 26 min measured on 2 shared CPU cores (eval-bound)
+    .venv/bin/python benchmarks/transfer_strategies.py              # default run: 26 min measured on
+                                                                    # 2 shared CPU cores (eval-bound)
 """
 from __future__ import annotations
 
@@ -45,7 +46,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -250,8 +251,8 @@ def score_upstream(model: Any, cfg_dict: dict[str, Any], args: argparse.Namespac
 
     from seg_transfer.config import Config, from_dict
     from seg_transfer.data.registry import build_dataset
+    from seg_transfer.engine.evaluate import evaluate
     from seg_transfer.engine.tasks import build_task
-    from seg_transfer.engine.trainer import evaluate
 
     cfg = from_dict(Config, cfg_dict)
     splits = build_dataset(cfg.data)

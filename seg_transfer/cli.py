@@ -8,9 +8,12 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 from .errors import SegTransferError
+
+if TYPE_CHECKING:
+    from .predict import Predictor
 
 
 def _err(msg: str) -> None:
@@ -19,11 +22,69 @@ def _err(msg: str) -> None:
 
 # ------------------------------------------------------------------------------------------- infer
 
+def _predictor(args: argparse.Namespace) -> Predictor:
+    """The model infer runs: a checkpoint, or a zoo name / config file built with the CLI's overrides."""
+    from .predict import Predictor
+
+    if args.checkpoint:
+        if args.weights is not None or args.backbone_weights is not None:
+            raise SegTransferError("--weights/--backbone-weights do not apply to --checkpoint (its weights are inside)")
+        predictor = Predictor.from_checkpoint(args.checkpoint, device=args.device)
+        if args.resize is not None:
+            import dataclasses
+            predictor.preprocess = dataclasses.replace(predictor.preprocess, resize_size=args.resize or None)
+        return predictor
+    from .config import ModelConfig, load_model_config, to_dict
+    from .transfer.sources import build
+
+    cfg = to_dict(load_model_config(args.config) if args.config else ModelConfig(name=args.model))
+    for key in ("weights", "backbone_weights"):
+        spec = getattr(args, key)
+        if spec is not None:
+            cfg[key] = None if spec.lower() in ("none", "null") else spec
+    if args.resize is not None:
+        cfg["resize"] = args.resize
+    return Predictor(build(cfg), device=args.device)
+
+
+def _predict_options(args: argparse.Namespace, predictor: Predictor) -> dict[str, Any]:
+    """The task-specific infer flags as ``Predictor.predict`` options; a flag for another task, or a bad
+    value, fails before any image is processed."""
+    from .errors import unknown
+
+    task, options = predictor.task, {}
+    if args.top_k is not None:  # classification: how many classes to print and write
+        if task != "classification":
+            raise SegTransferError(f"--top-k applies to classification models, not {task}")
+        options["top_k"] = args.top_k
+    if args.score_threshold is not None:  # detection: keep boxes scoring at least this
+        if task != "detection":
+            raise SegTransferError(f"--score-threshold applies to detection models, not {task}")
+        if not 0.0 <= args.score_threshold <= 1.0:
+            raise SegTransferError(f"--score-threshold: expected a number from 0 to 1, got {args.score_threshold}")
+        options["score_threshold"] = args.score_threshold
+    if task == "detection" and args.classes:  # the class filter, also for describe()
+        options["classes"] = args.classes
+    for c in args.classes:
+        if c not in predictor.classes:
+            raise unknown("class", c, predictor.classes, "--class")
+    return options
+
+
+def _unique_stem(path: Path, used: set[str]) -> str:
+    """``path``'s stem, numbered when an earlier input had it (same name in two folders, or a real 'x_2.jpg')."""
+    stem, k = path.stem, 1
+    while stem in used:
+        k += 1
+        stem = f"{path.stem}_{k}"
+    used.add(stem)
+    return stem
+
+
 def cmd_infer(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from .io import list_images
-    from .predict import Predictor
 
     inputs, errors = list_images(args.inputs)
     if args.sample:
@@ -33,53 +94,14 @@ def cmd_infer(args: argparse.Namespace) -> int:
         raise SegTransferError("no input images: give files or folders, or --sample")
     for e in errors:
         _err(e)
-    if args.checkpoint:
-        if args.weights is not None or args.backbone_weights is not None:
-            raise SegTransferError("--weights/--backbone-weights do not apply to --checkpoint (its weights are inside)")
-        predictor = Predictor.from_checkpoint(args.checkpoint, device=args.device)
-        if args.resize is not None:
-            import dataclasses
-            predictor.preprocess = dataclasses.replace(predictor.preprocess, resize_size=args.resize or None)
-    else:
-        from .config import ModelConfig, load_model_config, to_dict
-        from .models import build_model
-
-        cfg = to_dict(load_model_config(args.config) if args.config else ModelConfig(name=args.model))
-        for key in ("weights", "backbone_weights"):
-            spec = getattr(args, key)
-            if spec is not None:
-                cfg[key] = None if spec.lower() in ("none", "null") else spec
-        if args.resize is not None:
-            cfg["resize"] = args.resize
-        predictor = Predictor(build_model(cfg), device=args.device)
-    from .errors import unknown
-    options = {}
-    if args.top_k is not None:  # classification: how many classes to print and write
-        if predictor.model.info.task != "classification":
-            raise SegTransferError(f"--top-k applies to classification models, not {predictor.model.info.task}")
-        options["top_k"] = args.top_k
-    if args.score_threshold is not None:  # detection: keep boxes scoring at least this
-        if predictor.model.info.task != "detection":
-            raise SegTransferError(f"--score-threshold applies to detection models, not {predictor.model.info.task}")
-        if not 0.0 <= args.score_threshold <= 1.0:  # fail before any image is processed
-            raise SegTransferError(f"--score-threshold: expected a number from 0 to 1, got {args.score_threshold}")
-        options["score_threshold"] = args.score_threshold
-    if predictor.model.info.task == "detection" and args.classes:  # the class filter, also for describe()
-        options["classes"] = args.classes
-    for c in args.classes:  # fail before any image is processed
-        if c not in predictor.classes:
-            raise unknown("class", c, predictor.classes, "--class")
-
+    predictor = _predictor(args)
+    options = _predict_options(args, predictor)
     out = Path(args.out)
     used: set[str] = set()
     failed, written = len(errors), 0
     bar = tqdm(inputs, desc="infer", unit="img", disable=len(inputs) < 2 or args.quiet, file=sys.stderr)
     for path in bar:
-        stem, k = path.stem, 1
-        while stem in used:  # same name in two folders (or a real 'x_2.jpg'): keep both
-            k += 1
-            stem = f"{path.stem}_{k}"
-        used.add(stem)
+        stem = _unique_stem(path, used)
         try:
             result = predictor.predict(path, **options)
             files = result.save(out, classes=args.classes, json_report=args.json, stem=stem)
@@ -164,24 +186,18 @@ def cmd_advise(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------------------------ models
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from .models.build import HEAD_NECKS, model_names
+    from .models.backbones import BACKBONES
+    from .models.build import TASKS
+    from .models.necks import NECKS
 
-    names = model_names()
-    print("zoo models (torchvision, pretrained end to end):\n  " + "\n  ".join(names["zoo"]))
-    print("backbones:\n  " + "\n  ".join(names["backbones"]))
-    print("necks:\n  " + "\n  ".join(names["necks"]))
-    print("heads (valid necks):")
-    for head in names["heads"]:
-        print(f"  {head:<10} {', '.join(HEAD_NECKS[head])}")
-    print("  classifier none (image classification: global pooling -> [hidden] -> linear)")
-    print("classifiers (torchvision, ImageNet):\n  " + "\n  ".join(names["classifiers"]))
-    from .models.detection import DETECTION_HEADS
-
-    print("detectors (torchvision, COCO):\n  " + "\n  ".join(names["detectors"]))
-    print("detection heads (backbones; necks):")
-    for head in names["detection_heads"]:
-        spec = DETECTION_HEADS[head]
-        print(f"  {head:<10} {', '.join(spec.backbones or ['any'])}; {', '.join(spec.necks)}")
+    print("backbones:\n  " + "\n  ".join(sorted(BACKBONES)))
+    print("necks:\n  " + "\n  ".join(sorted(NECKS)))
+    for task, models in TASKS.items():
+        print(f"{task} zoo (torchvision, pretrained end to end):\n  " + "\n  ".join(sorted(models.zoo)))
+        print(f"{task} heads (backbones; necks):")
+        for name, head in sorted(models.heads.items()):
+            backbones = getattr(head, "backbones", None) or ["any"]
+            print(f"  {name:<10} {', '.join(backbones)}; {', '.join(head.necks)}")
     return 0
 
 
@@ -281,13 +297,10 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
 
 # ----------------------------------------------------------------------------------------- parsing
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="seg-transfer", description="Transfer learning for dense prediction "
-                                "on torchvision models.")
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    inf = sub.add_parser("infer", help="segment images and write masks, overlays and class probabilities",
-                         description="Segment images with a zoo model or a fine-tuned checkpoint.")
+def _add_infer(sub: Any) -> None:
+    inf = sub.add_parser("infer", help="predict images: masks and overlays, boxes, or top-k labels",
+                         description="Predict with a zoo model, a config's model or a fine-tuned checkpoint "
+                                     "(segmentation, detection or classification: the model's task).")
     inf.add_argument("inputs", nargs="*", help="image files or folders")
     src = inf.add_mutually_exclusive_group()
     src.add_argument("--model", default="fcn_resnet50", help="zoo model name (default: fcn_resnet50)")
@@ -311,6 +324,8 @@ def build_parser() -> argparse.ArgumentParser:
     inf.add_argument("-q", "--quiet", action="store_true", help="no per-image lines or progress bar")
     inf.set_defaults(func=cmd_infer)
 
+
+def _add_finetune_evaluate(sub: Any) -> None:
     fin = sub.add_parser("finetune", help="fine-tune a model on your labelled images (YAML config)",
                          description="Fine-tune with the transfer strategy the config names. Overrides: "
                                      "key.path=value, e.g. train.epochs=3 data.root=/data/camvid")
@@ -323,9 +338,9 @@ def build_parser() -> argparse.ArgumentParser:
     fin.set_defaults(func=cmd_finetune)
 
     ev = sub.add_parser("evaluate", help="score a checkpoint on a config's val split (or any folder)",
-                        description="mIoU, per-class IoU, pixel/mean accuracy, confusion matrix. Point the "
-                                    "data elsewhere with overrides, e.g. data.images=test data.masks=testannot "
-                                    "data.split=all")
+                        description="The task's metrics (mIoU and per-class IoU, COCO AP, accuracy and F1) "
+                                    "and plots. Point the data elsewhere with overrides, e.g. "
+                                    "data.images=test data.masks=testannot data.split=all")
     ev.add_argument("config", help="YAML config whose data: block describes the images")
     ev.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
     ev.add_argument("--checkpoint", required=True, help="a seg_transfer checkpoint (best.pt)")
@@ -334,15 +349,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("-q", "--quiet", action="store_true")
     ev.set_defaults(func=cmd_evaluate)
 
-    adv = sub.add_parser("advise", help="recommend a transfer strategy for your dataset size and similarity")
-    adv.add_argument("--num-images", type=int, required=True, help="labelled training images")
-    adv.add_argument("--similarity", choices=("high", "low"), required=True,
-                     help="how much your images look like the pretraining data (ImageNet/COCO photos)")
-    adv.set_defaults(func=cmd_advise)
 
-    mod = sub.add_parser("models", help="list zoo models, backbones, necks and heads")
-    mod.set_defaults(func=cmd_models)
-
+def _add_weights(sub: Any) -> None:
     wts = sub.add_parser("weights", help="manage the pretrained-checkpoint cache (offline use)")
     wsub = wts.add_subparsers(dest="weights_command", required=True, metavar="ACTION")
     wl = wsub.add_parser("list", help="every weights entry the registries use: cached or not, size, path")
@@ -360,6 +368,22 @@ def build_parser() -> argparse.ArgumentParser:
     wf = wsub.add_parser("fetch", help="download weights (on a connected machine, to carry to an offline one)")
     wf.add_argument("names", nargs="+", help="model names (DEFAULT weights) or weights entries")
     wf.set_defaults(func=cmd_weights_fetch)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="seg-transfer", description="Transfer learning for segmentation, detection "
+                                "and classification on torchvision models.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_infer(sub)
+    _add_finetune_evaluate(sub)
+    adv = sub.add_parser("advise", help="recommend a transfer strategy for your dataset size and similarity")
+    adv.add_argument("--num-images", type=int, required=True, help="labelled training images")
+    adv.add_argument("--similarity", choices=("high", "low"), required=True,
+                     help="how much your images look like the pretraining data (ImageNet/COCO photos)")
+    adv.set_defaults(func=cmd_advise)
+    mod = sub.add_parser("models", help="list backbones, necks, and each task's zoo models and heads")
+    mod.set_defaults(func=cmd_models)
+    _add_weights(sub)
     return p
 
 

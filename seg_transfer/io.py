@@ -1,4 +1,4 @@
-"""Reading images of any common mode into RGB uint8 tensors, and writing outputs atomically."""
+"""Reading images of any common mode into RGB uint8 tensors, writing outputs atomically, and the device."""
 from __future__ import annotations
 
 import os
@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .errors import BadInputError
+from .errors import BadInputError, ConfigError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm")
 ImageInput = Union[str, os.PathLike, Image.Image, np.ndarray, torch.Tensor]
@@ -74,6 +74,11 @@ def read_image(image: ImageInput) -> torch.Tensor:
     if not arr.flags.writeable:
         arr = arr.copy()
     return torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1).contiguous()
+
+
+def image_name(image: ImageInput) -> str:
+    """The stem of an image file, or ``'image'`` for in-memory images (the results' and outputs' name)."""
+    return Path(image).stem if isinstance(image, (str, os.PathLike)) else "image"
 
 
 def _array_to_rgb(arr: np.ndarray) -> np.ndarray:
@@ -144,3 +149,24 @@ def save_text(text: str, path: Union[str, os.PathLike]) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_text(text)
     return Path(path)
+
+
+def resolve_device(device: Union[str, torch.device, None]) -> torch.device:
+    """``'cpu'``, ``'cuda'``, ``'cuda:1'`` or None (CUDA when available); a missing GPU is a clear error."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(device)
+    except RuntimeError:
+        raise ConfigError(f"--device {device}: not a device; use cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"--device {device}: CUDA is not available on this machine (torch "
+                              f"{torch.__version__}); use --device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ConfigError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) here")
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"--device {device}: MPS is not available on this machine; use --device cpu")
+    elif device.type not in ("cpu", "cuda", "mps"):
+        raise ConfigError(f"--device {device}: unsupported; use cpu, cuda or cuda:N")
+    return device

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import socket
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable
 
 import pytest
 

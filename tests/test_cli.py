@@ -20,15 +20,16 @@ import torch
 import torchvision
 from PIL import Image
 
-from conftest import shared_image
+from seg_transfer import create_model
 from seg_transfer.cli import main
-from seg_transfer.models import create_model
 from seg_transfer.models.backbones import BACKBONES
-from seg_transfer.models.build import HEAD_NECKS
 from seg_transfer.models.checkpoint import save_checkpoint
-from seg_transfer.models.heads import HEADS
 from seg_transfer.models.necks import NECKS
-from seg_transfer.models.zoo import ZOO
+from seg_transfer.models.segmentation import HEADS, ZOO
+
+from conftest import shared_image
+
+HEAD_NECKS = {name: head.necks for name, head in HEADS.items()}
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL = "lraspp_mobilenet_v3_large"
@@ -295,21 +296,25 @@ def test_infer_offline_env_does_not_try_the_network(home, tmp_path, capsys, monk
 # ------------------------------------------------------------------------------------ models
 
 def test_models_lists_every_registry_name(capsys):
+    from seg_transfer.models.build import TASKS
+
     code, stdout, _ = run(capsys, "models")
     assert code == 0
     sections = re.split(r"^(\S.*):$", stdout, flags=re.M)
-    body = {sections[i].split(" ")[0]: sections[i + 1] for i in range(1, len(sections), 2)}
-    assert set(body) == {"zoo", "backbones", "necks", "heads", "classifiers", "detectors", "detection"}
-    from seg_transfer.models.classification import ZOO_CLASSIFIERS
-    from seg_transfer.models.detection import DETECTION_HEADS, DETECTION_ZOO
-    assert {s.split()[0] for s in lines(body["detection"])} == set(DETECTION_HEADS)
-    for key, registry in (("zoo", ZOO), ("backbones", BACKBONES), ("necks", NECKS), ("classifiers", ZOO_CLASSIFIERS),
-                          ("detectors", DETECTION_ZOO)):
+    body = {sections[i].split(" (")[0]: sections[i + 1] for i in range(1, len(sections), 2)}
+    expected = {"backbones", "necks"} | {f"{t} zoo" for t in TASKS} | {f"{t} heads" for t in TASKS}
+    assert set(body) == expected
+    for key, registry in (("backbones", BACKBONES), ("necks", NECKS),
+                          *((f"{t} zoo", m.zoo) for t, m in TASKS.items())):
         assert sorted(s.strip() for s in lines(body[key])) == sorted(registry)
-    head_rows = {s.split()[0]: s for s in lines(body["heads"])}
-    assert set(head_rows) == set(HEADS) | {"classifier"}
-    for head, necks in HEAD_NECKS.items():
-        assert all(n in head_rows[head] for n in necks)
+    for task, models in TASKS.items():
+        head_rows = {s.split()[0]: s for s in lines(body[f"{task} heads"])}
+        assert set(head_rows) == set(models.heads)
+        for head, spec in models.heads.items():
+            assert all(n in head_rows[head].split(";")[1] for n in spec.necks)
+            assert all(b in head_rows[head].split(";")[0] for b in (getattr(spec, "backbones", None) or ["any"]))
+    assert "classifier" in TASKS["classification"].heads and "fasterrcnn" in TASKS["detection"].heads
+    assert set(HEAD_NECKS) == set(HEADS) == set(TASKS["segmentation"].heads)
 
 
 # ----------------------------------------------------------------------------------- weights

@@ -9,9 +9,10 @@ import pytest
 import torch
 from PIL import Image, ImageOps
 
-from conftest import shared_image
 from seg_transfer.errors import BadInputError
 from seg_transfer.io import IMAGE_EXTENSIONS, atomic_path, list_images, read_image, save_image, save_text
+
+from conftest import shared_image
 
 ORIENTATION = 0x0112  # EXIF tag
 

@@ -1,9 +1,16 @@
-"""Datasets for segmentation fine-tuning: formats, splits, augmentation and data checks."""
-from .checks import DataError, Problem, check_dataset, label_frequencies
+"""Datasets for segmentation, detection and classification: on-disk formats, splits, augmentation, data checks.
+
+Each task has its module (``segmentation``, ``detection``, ``classification``: dataset, rules, transforms,
+collate); each format its file, picked by name through ``registry``; ``checks`` scans a whole dataset.
+"""
+from .checks import check_dataset, label_frequencies
 from .coco import build_coco
-from .folder import DataSplits, SegDataset, build_folder
+from .common import DataSplits
+from .folder import build_folder
+from .problems import DataError, Problem
 from .registry import DATASETS, build_dataset
-from .transforms import SegCollate, SegTransform, build_pipeline, build_transforms
+from .segmentation import SegCollate, SegDataset, SegTransform, build_transforms
+from .transforms import build_pipeline
 from .voc import VOC_CLASSES, build_voc
 
 __all__ = ["DATASETS", "VOC_CLASSES", "DataError", "DataSplits", "Problem", "SegCollate", "SegDataset",

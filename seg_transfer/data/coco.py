@@ -1,8 +1,9 @@
-"""The ``coco`` format: COCO instance annotations painted into semantic masks with pycocotools."""
+"""The ``coco`` format: COCO instance annotations painted into semantic masks with pycocotools; and the
+COCO reading that the ``coco_boxes`` format shares (files, categories, images, segmentation decoding)."""
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
@@ -10,9 +11,14 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 from ..errors import ConfigError
-from .checks import Problem, fail, report
-from .folder import DataSplits, check_classes, check_label_map, find_folder, make_splits
-from .split import PathLike, split_names
+from .common import DataSplits, PathLike, find_folder
+from .problems import Problem, fail, report
+from .segmentation import check_classes, check_label_map, make_splits
+from .split import split_names
+
+# (images folder, annotations file, its JSON) of the train file and, when given, the val file
+Loaded = list[tuple[Path, Path, dict[str, Any]]]
+Annotated = tuple[tuple[int, int], list[dict[str, Any]]]  # an image's (H, W) and its annotations
 
 
 @dataclass(frozen=True)
@@ -27,25 +33,36 @@ class CocoImage:
         return f"{self.file_name} (image id {self.image_id} in {self.annotations})"
 
 
+@dataclass
+class CocoSamples:
+    """Every listed image whose file exists: path, reference and source (0: the train file, 1: the val
+    file), in file-name order per source; ``images`` maps each reference to its size and annotations."""
+
+    files: list[Path] = field(default_factory=list)
+    refs: list[CocoImage] = field(default_factory=list)
+    origin: list[int] = field(default_factory=list)
+    images: dict[CocoImage, Annotated] = field(default_factory=dict)
+
+    def by_origin(self) -> tuple[list[int], list[int]]:
+        """(train, val) indices when each annotations file gives one split."""
+        return ([i for i, o in enumerate(self.origin) if o == 0],
+                [i for i, o in enumerate(self.origin) if o == 1])
+
+
 class CocoMasks:
     """Paints instances into a semantic mask: in file order (later over earlier), crowd as ignore."""
 
-    def __init__(self, labels: Mapping[int, int], ignore_index: int):
+    def __init__(self, labels: Mapping[int, int], ignore_index: int, images: Mapping[CocoImage, Annotated]):
         self.labels = dict(labels)
         self.ignore_index = ignore_index
-        self.sizes: dict[CocoImage, tuple[int, int]] = {}
-        self.instances: dict[CocoImage, list[dict[str, Any]]] = {}
-
-    def add(self, ref: CocoImage, height: int, width: int, instances: list[dict[str, Any]]) -> None:
-        self.sizes[ref] = (height, width)
-        self.instances[ref] = instances
+        self.images = images
 
     def __call__(self, ref: CocoImage) -> np.ndarray:
-        height, width = self.sizes[ref]
+        (height, width), instances = self.images[ref]
         # uint8 when every label and the ignore index fit (fast to check); else int32 (e.g. ignore -100)
         small = 0 <= self.ignore_index <= 255 and len(self.labels) < 255
         mask = np.zeros((height, width), dtype=np.uint8 if small else np.int32)
-        for ann in self.instances[ref]:
+        for ann in instances:
             region = decode(ann["segmentation"], height, width, f"{ref}, annotation {ann.get('id')}")
             mask[region] = self.ignore_index if ann.get("iscrowd") else self.labels[ann["category_id"]]
         return mask
@@ -83,8 +100,49 @@ def load_instances(path: Path) -> dict[str, Any]:
     return data
 
 
-def _categories(data: dict[str, Any]) -> list[tuple[int, str]]:
+def categories(data: Mapping[str, Any]) -> list[tuple[int, str]]:
+    """(id, name) of each category of a COCO instances JSON, in id order."""
     return sorted((int(c["id"]), str(c["name"])) for c in data["categories"])
+
+
+def load_coco(root: Path, images: str, annotations: str, val_images: Optional[str],
+              val_annotations: Optional[str]) -> tuple[Loaded, list[tuple[int, str]]]:
+    """The annotations file(s) under ``root`` with their images folders, and the categories they share;
+    a DataError when the val file's categories differ (its labels would mean other classes)."""
+    sources = [(images, annotations)]
+    if val_annotations is not None:
+        sources.append((val_images or images, val_annotations))
+    loaded = [(find_folder(root, folder, "images"), root / ann, load_instances(root / ann))
+              for folder, ann in sources]
+    shared = categories(loaded[0][2])
+    for _, path, data in loaded[1:]:
+        if categories(data) != shared:
+            raise fail(Problem("unreadable", str(path), (
+                f"annotations file {path}: its categories differ from {loaded[0][1]}'s; "
+                "both files must list the same ids and names")))
+    return loaded, shared
+
+
+def collect(loaded: Loaded) -> CocoSamples:
+    """Every image of ``loaded`` with its annotations; a listed image without its file is a problem."""
+    samples, problems = CocoSamples(), []
+    for source, (folder, path, data) in enumerate(loaded):
+        by_image: dict[Any, list[dict[str, Any]]] = {}
+        for ann in data["annotations"]:
+            by_image.setdefault(ann.get("image_id"), []).append(ann)
+        for img in sorted(data["images"], key=lambda d: str(d["file_name"])):
+            file = folder / img["file_name"]
+            if not file.is_file():
+                problems.append(Problem("missing_image", str(file), (
+                    f"image {file}: no such file (listed in {path} as image id {img['id']})")))
+                continue
+            ref = CocoImage(str(path), int(img["id"]), str(img["file_name"]))
+            samples.images[ref] = ((int(img["height"]), int(img["width"])), by_image.get(img["id"], []))
+            samples.files.append(file)
+            samples.refs.append(ref)
+            samples.origin.append(source)
+    report(problems)
+    return samples
 
 
 def build_coco(root: PathLike, *, images: str = "images", annotations: str = "annotations.json",
@@ -103,59 +161,28 @@ def build_coco(root: PathLike, *, images: str = "images", annotations: str = "an
     """
     root = Path(root)
     label_map = check_label_map(label_map)
-    sources = [(images, annotations)]
     if val_annotations is not None:
         given = {"split": split, "val_groups": val_groups, "group_regex": group_regex,
                  "train_list": train_list, "val_list": val_list}
         if any(v is not None for v in given.values()):
             raise ConfigError(f"{', '.join(k for k, v in given.items() if v is not None)}: not used when "
                               "val_annotations gives the val split")
-        sources.append((val_images or images, val_annotations))
-    loaded = [(find_folder(root, folder, "images"), root / ann, load_instances(root / ann))
-              for folder, ann in sources]
-    categories = _categories(loaded[0][2])
-    for _, path, data in loaded[1:]:
-        if _categories(data) != categories:
-            raise fail(Problem("unreadable", str(path), (
-                f"annotations file {path}: its categories differ from {loaded[0][1]}'s; "
-                "both files must list the same ids and names")))
-    labels = {cat_id: label for label, (cat_id, _) in enumerate(categories, start=1)}
-    classes = check_classes(["background", *(name for _, name in categories)], ignore_index)
-    masks = CocoMasks(labels, ignore_index)
-    files, refs, origin = _collect(loaded, masks)
-    if val_annotations is not None:
-        train = [i for i, o in enumerate(origin) if o == 0]
-        val = [i for i, o in enumerate(origin) if o == 1]
-    else:
-        train, val = split_names([ref.file_name for ref in refs], split=split, val_ratio=val_ratio,
-                                 seed=seed, val_groups=val_groups, group_regex=group_regex,
-                                 train_list=train_list, val_list=val_list, root=root)
-    return make_splits(files, refs, train, val, classes=classes, ignore_index=ignore_index,
-                       label_map=label_map, where=str(root), mask_reader=masks)
-
-
-def _collect(loaded: Sequence[tuple[Path, Path, dict[str, Any]]],
-             masks: CocoMasks) -> tuple[list[Path], list[CocoImage], list[int]]:
-    """Image paths, mask references and source index of every image whose file exists."""
-    files, refs, origin, problems = [], [], [], []
-    for source, (folder, path, data) in enumerate(loaded):
-        by_image: dict[int, list[dict[str, Any]]] = {}
+    loaded, cats = load_coco(root, images, annotations, val_images, val_annotations)
+    labels = {cat_id: label for label, (cat_id, _) in enumerate(cats, start=1)}
+    classes = check_classes(["background", *(name for _, name in cats)], ignore_index)
+    for _, path, data in loaded:  # a crowd region is ignored whatever its category; any other must be known
         for ann in data["annotations"]:
-            if ann.get("category_id") not in masks.labels and not ann.get("iscrowd"):
+            if ann.get("category_id") not in labels and not ann.get("iscrowd"):
                 raise fail(Problem("label_range", str(path), (
                     f"annotations file {path}: annotation {ann.get('id')} has category_id "
                     f"{ann.get('category_id')!r}, which is not in its categories")))
-            by_image.setdefault(ann["image_id"], []).append(ann)
-        for img in sorted(data["images"], key=lambda d: d["file_name"]):
-            file = folder / img["file_name"]
-            if not file.is_file():
-                problems.append(Problem("missing_image", str(file), (
-                    f"image {file}: no such file (listed in {path} as image id {img['id']})")))
-                continue
-            ref = CocoImage(str(path), int(img["id"]), str(img["file_name"]))
-            masks.add(ref, int(img["height"]), int(img["width"]), by_image.get(img["id"], []))
-            files.append(file)
-            refs.append(ref)
-            origin.append(source)
-    report(problems)
-    return files, refs, origin
+    samples = collect(loaded)
+    if val_annotations is not None:
+        train, val = samples.by_origin()
+    else:
+        train, val = split_names([ref.file_name for ref in samples.refs], split=split, val_ratio=val_ratio,
+                                 seed=seed, val_groups=val_groups, group_regex=group_regex,
+                                 train_list=train_list, val_list=val_list, root=root)
+    return make_splits(samples.files, samples.refs, train, val, classes=classes, ignore_index=ignore_index,
+                       label_map=label_map, where=str(root),
+                       mask_reader=CocoMasks(labels, ignore_index, samples.images))

@@ -3,24 +3,22 @@ decoded by pycocotools) for detectors; categories become labels 1..K in id order
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Mapping, Optional
 
 import numpy as np
 
-from .boxes import RawBoxes, check_bad_boxes, check_classes, make_box_splits
-from .checks import Problem, report
-from .coco import CocoImage, _categories, decode, load_instances
-from .folder import DataSplits, find_folder
-from .split import PathLike, split_names
+from .coco import Annotated, CocoImage, collect, decode, load_coco
+from .common import DataSplits, PathLike
+from .detection import RawBoxes, check_bad_boxes, check_classes, make_box_splits
+from .split import split_names
 
 
 class CocoBoxReader:
     """CocoImage -> RawBoxes: ``bbox`` [x, y, w, h] -> xyxy; category ids outside the file's
     categories get label -1 (reported by the check with the annotation's index)."""
 
-    def __init__(self, labels: dict[int, int], masks: bool):
-        self.labels, self.masks = labels, masks
-        self.images: dict[CocoImage, tuple[tuple[int, int], list[dict[str, Any]]]] = {}
+    def __init__(self, labels: Mapping[int, int], masks: bool, images: Mapping[CocoImage, Annotated]):
+        self.labels, self.masks, self.images = dict(labels), masks, images
 
     def __call__(self, ref: CocoImage) -> RawBoxes:
         (height, width), anns = self.images[ref]
@@ -57,37 +55,14 @@ def build_coco_boxes(root: PathLike, *, images: str = "images", annotations: str
     """
     root = Path(root)
     bad_boxes = check_bad_boxes(bad_boxes)
-    sources = [(images, annotations)] + ([(val_images or images, val_annotations)] if val_annotations else [])
-    loaded = [(find_folder(root, folder, "images"), root / ann, load_instances(root / ann)) for folder, ann in sources]
-    categories = _categories(loaded[0][2])
-    for _, path, data in loaded[1:]:
-        if _categories(data) != categories:
-            report([Problem("unreadable", str(path), f"annotations file {path}: its categories differ from "
-                                                     f"{loaded[0][1]}'s; both files must list the same ids and names")])
+    loaded, categories = load_coco(root, images, annotations, val_images, val_annotations)
     classes = check_classes([name for _, name in categories])
-    reader = CocoBoxReader({cat: k for k, (cat, _) in enumerate(categories, start=1)}, masks)
-    files, refs, origin, problems = [], [], [], []
-    for source, (folder, path, data) in enumerate(loaded):
-        by_image: dict[Any, list[dict[str, Any]]] = {}
-        for ann in data["annotations"]:
-            by_image.setdefault(ann.get("image_id"), []).append(ann)
-        for img in sorted(data["images"], key=lambda d: str(d["file_name"])):
-            file = folder / img["file_name"]
-            if not file.is_file():
-                problems.append(Problem("missing_image", str(file),
-                                        f"image {file}: no such file (listed in {path} as image id {img['id']})"))
-                continue
-            ref = CocoImage(str(path), int(img["id"]), str(img["file_name"]))
-            reader.images[ref] = ((int(img["height"]), int(img["width"])), by_image.get(img["id"], []))
-            files.append(file)
-            refs.append(ref)
-            origin.append(source)
-    report(problems)
-    if val_annotations:
-        train = [i for i, o in enumerate(origin) if o == 0]
-        val = [i for i, o in enumerate(origin) if o == 1]
+    samples = collect(loaded)
+    if val_annotations is not None:
+        train, val = samples.by_origin()
     else:
-        train, val = split_names([r.file_name for r in refs], split=split, val_ratio=val_ratio, seed=seed,
+        train, val = split_names([r.file_name for r in samples.refs], split=split, val_ratio=val_ratio, seed=seed,
                                  train_list=train_list, val_list=val_list, root=root)
-    return make_box_splits(files, refs, train, val, classes=classes, reader=reader, bad_boxes=bad_boxes,
-                           where=str(root), has_masks=masks)
+    reader = CocoBoxReader({cat: k for k, (cat, _) in enumerate(categories, start=1)}, masks, samples.images)
+    return make_box_splits(samples.files, samples.refs, train, val, classes=classes, reader=reader,
+                           bad_boxes=bad_boxes, where=str(root), has_masks=masks)

@@ -1,128 +1,27 @@
 """The ``imagefolder`` format: one folder per class (torchvision's ``ImageFolder`` layout) -> labelled images.
 
-Real folders are messy, so every file is looked at before training: a file that is not a photo (a GIF
-placeholder, a 0-byte or text file, a truncated JPEG) is an error naming the file; a CMYK or 16-bit image
-(converted to 8-bit RGB when read) and a name with spaces are warnings. ``--check-data`` lists them all;
-training stops before it starts, or with ``skip_bad: true`` leaves the bad files out and says how many.
+Every file is checked before training (``classification.check_image``); ``--check-data`` lists every
+problem; training stops before it starts, or with ``skip_bad: true`` leaves the bad files out and says how many.
 """
 from __future__ import annotations
 
-import copy
 import os
 import random
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable, Mapping, Optional, Sequence, Union
-
-import numpy as np
-import torch.utils.data
-from PIL import Image, UnidentifiedImageError
+from typing import Mapping, Optional, Sequence, Union
 
 from ..errors import ConfigError, suggest
-from .checks import Problem, fail, report
-from .folder import DataSplits, read_rgb
-from .split import PathLike, SPLITS, _check_ratio, _n_val, read_list
-
-IGNORE_INDEX = -100  # never a class index: image labels have no ignore value (CrossEntropyLoss' default)
-HIGH_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
-
-LabelTransform = Callable[[np.ndarray, int], Any]
-
-
-class ImageFolderDataset(torch.utils.data.Dataset):
-    """(uint8 HxWx3 image, int label) per file; ``transform(image, label)`` is applied last."""
-
-    def __init__(self, files: Sequence[Path], labels: Sequence[int], classes: Sequence[str],
-                 root: Optional[Path] = None, transform: Optional[LabelTransform] = None) -> None:
-        self.files, self.labels, self.classes = list(files), [int(v) for v in labels], list(classes)
-        self.root, self.transform = root, transform
-        self.ignore_index = IGNORE_INDEX
-
-    def __len__(self) -> int:
-        return len(self.files)
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.classes)
-
-    @property
-    def names(self) -> list[str]:
-        """Paths relative to the root (``ants/0013035.jpg``), in dataset order."""
-        return [_relative(p, self.root) for p in self.files]
-
-    def read(self, i: int) -> tuple[np.ndarray, int]:
-        """Raw item ``i``: (RGB uint8 HxWx3, label); a DataError names the file."""
-        return read_rgb(self.files[i]), self.labels[i]
-
-    def __getitem__(self, i: int) -> Any:
-        image, label = self.read(i)
-        return self.transform(image, label) if self.transform is not None else (image, label)
-
-    def inspect(self, i: int) -> tuple[Optional[np.ndarray], list[Problem]]:
-        """(label as a 0-d array, or None when unusable; every problem of file ``i``) after a full decode;
-        never raises for bad data (``checks.check_dataset`` calls it for every file)."""
-        problems = check_image(self.files[i], decode=True)
-        ok = not any(p.severity == "error" for p in problems)
-        return (np.array(self.labels[i]) if ok else None), problems
-
-    def with_transform(self, transform: Optional[LabelTransform]) -> "ImageFolderDataset":
-        clone = copy.copy(self)
-        clone.transform = transform
-        return clone
-
+from .classification import IGNORE_INDEX, ImageFolderDataset, check_image, relative_name
+from .common import DataSplits, PathLike, thread_pool
+from .problems import Problem, fail, report
+from .split import SPLITS, check_ratio, n_val, report_empty
 
 _SKIP_REPORTED: set[tuple[str, int]] = set()  # said once per process
 
-def _relative(path: Path, root: Optional[Path]) -> str:
-    try:
-        return path.relative_to(root).as_posix() if root is not None else path.name
-    except ValueError:
-        return str(path)
-
-
-def check_image(path: Path, decode: bool = False) -> list[Problem]:
-    """What is wrong with one image file: errors (unusable) and warnings (usable, worth knowing).
-
-    ``decode=False`` reads the header only (fast: format, mode); ``decode=True`` also decodes the pixels,
-    which finds truncated files.
-    """
-    name = str(path)
-    problems: list[Problem] = []
-    if " " in path.name:
-        problems.append(Problem("name_spaces", name, (
-            f"{name}: the name has spaces; it is read fine, but list files (train_list/val_list) must "
-            "give it on a line of its own"), "warning"))
-    if path.stat().st_size == 0:
-        return problems + [Problem("unreadable", name, f"{name}: empty file (0 bytes); delete it")]
-    try:
-        with Image.open(path) as img:
-            fmt, mode = img.format, img.mode
-            if decode:
-                img.load()
-    except UnidentifiedImageError:
-        return problems + [Problem("unreadable", name, f"{name}: not an image (a text or other file?); "
-                                   "move it out of the class folder")]
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
-        return problems + [Problem("unreadable", name, f"{name}: cannot decode image ({err}); re-save or "
-                                   "delete it")]
-    if fmt == "GIF":
-        # Web scrapes fill class folders with 'image not found' placeholders and animations: GIFs.
-        problems.append(Problem("not_photo", name, (
-            f"{name}: a GIF, not a photo (placeholders and animations are GIFs); delete it, or convert it "
-            "to JPEG/PNG if it really is a photo of its class")))
-    elif mode == "CMYK":
-        problems.append(Problem("converted", name, f"{name}: a CMYK image; converted to RGB when read "
-                                "(colours may shift slightly)", "warning"))
-    elif mode in HIGH_BIT_MODES:
-        problems.append(Problem("converted", name, f"{name}: a {mode} (16/32-bit) image; scaled to 8-bit "
-                                "greyscale RGB when read", "warning"))
-    return problems
-
 
 def _scan(files: Sequence[Path], decode: bool) -> list[list[Problem]]:
-    # Threads suffice: decoding releases the GIL.
-    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+    with thread_pool() as pool:
         return list(pool.map(lambda p: check_image(p, decode), files))
 
 
@@ -199,15 +98,15 @@ def _split(names: Sequence[str], labels: Sequence[int], split: Optional[str], va
         report(problems)
         rest = set(everything) - chosen.get("train", set()) - chosen.get("val", set())
         return sorted(chosen.get("train", rest)), sorted(chosen.get("val", rest))
-    _check_ratio(val_ratio)
+    check_ratio(val_ratio)
     train, val = [], []
     for label in sorted(set(labels)):
         # Sorted by name first: the listing order must not change the split.
         members = sorted((i for i in everything if labels[i] == label), key=lambda i: names[i])
         random.Random(seed).shuffle(members)
-        n_val = _n_val(len(members), val_ratio)
-        val += members[:n_val]
-        train += members[n_val:]
+        held_out = n_val(len(members), val_ratio)
+        val += members[:held_out]
+        train += members[held_out:]
     return sorted(train), sorted(val)
 
 
@@ -245,11 +144,9 @@ def build_imagefolder(root: PathLike, *, classes: Union[Sequence[str], Mapping[s
         report(errors)  # raises the first (naming the rest), or records them all for --check-data
     keep = [i for i in range(len(files)) if i not in bad]
     files, labels = [files[i] for i in keep], [labels[i] for i in keep]
-    rel = [_relative(p, root) for p in files]
+    rel = [relative_name(p, root) for p in files]
     train, val = _split(rel, labels, split, val_ratio, seed, train_list, val_list, root)
-    report([Problem("empty_split", str(root), (
-        f"{root}: the {side} split is empty ({len(train)} train, {len(val)} val images); check val_ratio "
-        "or the list files")) for side, idx in (("train", train), ("val", val)) if not idx])
+    report_empty(train, val, str(root), "val_ratio or the list files")
 
     def subset(idx: Sequence[int]) -> ImageFolderDataset:
         return ImageFolderDataset([files[i] for i in idx], [labels[i] for i in idx], names, root)

@@ -8,10 +8,11 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from .boxes import RawBoxes, check_classes, make_box_splits
-from .checks import Problem, fail, read_mask, report
-from .folder import DataSplits, find_folder, index_by_stem, list_files
-from .split import PathLike, split_names, stem
+from ..errors import ConfigError
+from .common import DataSplits, PathLike, find_folder, list_images, pair_masks, read_mask
+from .detection import RawBoxes, check_classes, make_box_splits
+from .problems import Problem, fail, report
+from .split import split_names
 
 
 def instances(ids: np.ndarray, where: str) -> RawBoxes:
@@ -38,6 +39,8 @@ def instances(ids: np.ndarray, where: str) -> RawBoxes:
 
 
 class InstanceMaskReader:
+    """A mask file -> RawBoxes (``instances`` of its raw values)."""
+
     def __call__(self, path: Path) -> RawBoxes:
         return instances(read_mask(path), str(path))
 
@@ -54,21 +57,14 @@ def build_instance_masks(root: PathLike, *, classes: Sequence[str], images: str 
     """
     classes = check_classes(classes)
     if len(classes) != 2:
-        from ..errors import ConfigError
         raise ConfigError(f"classes: the instance_masks format has one object class (mask values are instance "
                           f"ids, not classes), got {classes[1:]}")
     root = Path(root)
     image_dir, mask_dir = find_folder(root, images, "images"), find_folder(root, masks, "masks")
-    files = list_files(image_dir)
-    if not files:
-        raise fail(Problem("missing_image", str(image_dir), f"images folder {image_dir} holds no images"))
-    index_by_stem(files)
+    files = list_images(image_dir)
     train, val = split_names([p.name for p in files], split=split, val_ratio=val_ratio, seed=seed,
                              train_list=train_list, val_list=val_list, root=root)
-    mask_files = index_by_stem(list_files(mask_dir), mask_suffix)
-    refs = [mask_files.get(stem(p.name)) for p in files]
-    report([Problem("missing_mask", str(files[i]), (
-        f"image {files[i]}: missing mask {mask_dir / (stem(files[i].name) + mask_suffix)}.png")) for i
-        in sorted({*train, *val}) if refs[i] is None])
+    refs, missing = pair_masks(files, mask_dir, mask_suffix, {*train, *val})
+    report(missing)
     return make_box_splits(files, refs, train, val, classes=classes, reader=InstanceMaskReader(),
                            bad_boxes="error", where=str(root), has_masks=True)

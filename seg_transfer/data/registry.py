@@ -6,17 +6,19 @@ from typing import Any, Callable, Mapping
 
 from ..errors import ConfigError, unknown
 from .coco import build_coco
-from .folder import DataSplits, build_folder
-from .imagefolder import build_imagefolder
-from .voc import build_voc
 from .coco_boxes import build_coco_boxes
+from .common import DataSplits
+from .folder import build_folder
+from .imagefolder import build_imagefolder
 from .instance_masks import build_instance_masks
+from .voc import build_voc
 from .voc_boxes import build_voc_boxes
 
+# Every builder takes the data root first and the format's own options as keywords, and returns DataSplits.
 DATASETS: dict[str, Callable[..., DataSplits]] = {
-    "folder": build_folder,
-    "voc": build_voc,
-    "coco": build_coco,
+    "folder": build_folder,  # segmentation: images + masks folders
+    "voc": build_voc,  # segmentation: a VOCdevkit tree
+    "coco": build_coco,  # segmentation: COCO instances painted into semantic masks
     "imagefolder": build_imagefolder,  # classification: one folder per class
     "voc_boxes": build_voc_boxes,  # detection: VOC XML boxes
     "coco_boxes": build_coco_boxes,  # detection: COCO instances JSON (boxes, masks: true for Mask R-CNN)

@@ -5,21 +5,13 @@ import os
 import random
 import re
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import Optional, Sequence
 
 from ..errors import ConfigError, unknown
-from ..io import IMAGE_EXTENSIONS
-from .checks import Problem, fail, report
+from .common import PathLike, stem
+from .problems import Problem, fail, report
 
 SPLITS = ("ratio", "list", "group", "all")
-PathLike = Union[str, os.PathLike]
-
-
-def stem(name: str) -> str:
-    """'a/b/0001TP_006690.png' -> '0001TP_006690': the key that pairs images, masks and list entries."""
-    base = os.path.basename(name.replace("\\", "/"))
-    root, ext = os.path.splitext(base)
-    return root if ext.lower() in IMAGE_EXTENSIONS else base
 
 
 def split_names(names: Sequence[str], *, split: Optional[str] = None, val_ratio: float = 0.2,
@@ -29,8 +21,9 @@ def split_names(names: Sequence[str], *, split: Optional[str] = None, val_ratio:
                 ) -> tuple[list[int], list[int]]:
     """Indices of ``names`` (file names) in train and in val; the keyword arguments are the YAML keys.
 
-    ``split`` is ``ratio``, ``list``, ``group`` or ``all`` (every file in val, for evaluating a folder); left out, it follows from the options given (list files
-    -> list, ``group_regex`` -> group, else ratio). Relative list paths are read from ``root``.
+    ``split`` is ``ratio``, ``list``, ``group`` or ``all`` (every file in val, for evaluating a folder);
+    left out, it follows from the options given (list files -> list, ``group_regex`` -> group, else
+    ratio). Relative list paths are read from ``root``.
     """
     mode = _mode(split, val_groups=val_groups, group_regex=group_regex,
                  train_list=train_list, val_list=val_list)
@@ -39,13 +32,13 @@ def split_names(names: Sequence[str], *, split: Optional[str] = None, val_ratio:
     if mode == "all":  # score a held-out folder: every file is in val (and in train, left unused)
         everything = list(range(len(names)))
         return everything, everything
-    _check_ratio(val_ratio)
+    check_ratio(val_ratio)
     if mode == "group":
         return _by_group(names, group_regex, val_groups, val_ratio, seed)
     order = sorted(range(len(names)), key=lambda i: names[i])  # listing order must not change the split
     random.Random(seed).shuffle(order)
-    n_val = _n_val(len(order), val_ratio)
-    return sorted(order[n_val:]), sorted(order[:n_val])
+    held_out = n_val(len(order), val_ratio)
+    return sorted(order[held_out:]), sorted(order[:held_out])
 
 
 def _mode(split: Optional[str], **options: object) -> str:
@@ -65,12 +58,14 @@ def _mode(split: Optional[str], **options: object) -> str:
     return split
 
 
-def _check_ratio(val_ratio: float) -> None:
+def check_ratio(val_ratio: float) -> None:
+    """ConfigError unless ``val_ratio`` lies strictly between 0 and 1."""
     if not 0.0 < val_ratio < 1.0:
         raise ConfigError(f"val_ratio: expected a fraction between 0 and 1 (exclusive), got {val_ratio!r}")
 
 
-def _n_val(n: int, val_ratio: float) -> int:
+def n_val(n: int, val_ratio: float) -> int:
+    """How many of ``n`` items go to val."""
     # At least one of each side whenever there are two items, so a small dataset still validates.
     return min(max(round(n * val_ratio), 1), n - 1) if n >= 2 else 0
 
@@ -98,7 +93,7 @@ def _by_group(names: Sequence[str], regex: str, val_groups: Optional[Sequence[st
     else:
         shuffled = groups[:]
         random.Random(seed).shuffle(shuffled)
-        chosen = set(shuffled[:_n_val(len(groups), val_ratio)])
+        chosen = set(shuffled[:n_val(len(groups), val_ratio)])
     train = [i for i, key in enumerate(keys) if key not in chosen]
     val = [i for i, key in enumerate(keys) if key in chosen]
     return train, val
@@ -138,3 +133,11 @@ def _by_list(names: Sequence[str], train_list: Optional[PathLike], val_list: Opt
     report(problems)
     rest = set(range(len(names))) - set(chosen.get("train", [])) - set(chosen.get("val", []))
     return chosen.get("train", sorted(rest)), chosen.get("val", sorted(rest))
+
+
+def report_empty(train: Sequence[int], val: Sequence[int], where: str,
+                 options: str = "val_ratio, val_groups or the list files") -> None:
+    """A problem for each empty split (raised, or recorded by ``collecting()``); ``options`` decide the split."""
+    report([Problem("empty_split", where, (
+        f"{where}: the {side} split is empty ({len(train)} train, {len(val)} val images); check {options}"))
+        for side, idx in (("train", train), ("val", val)) if not idx])

@@ -1,12 +1,12 @@
-"""The ``voc`` format: a VOCdevkit tree, read as a folder dataset split by its ImageSets lists."""
+"""The ``voc`` format: a VOCdevkit tree of segmentation masks, read as a ``folder`` split by its ImageSets lists."""
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Mapping, Optional, Sequence
 
-from .checks import Problem, fail
-from .folder import DataSplits, build_folder
-from .split import PathLike
+from .common import DataSplits, PathLike
+from .folder import build_folder
+from .problems import Problem, fail
 
 VOC_CLASSES = ("background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat",
                "chair", "cow", "diningtable", "dog", "horse", "motorbike", "person", "pottedplant",

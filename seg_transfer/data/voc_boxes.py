@@ -8,10 +8,10 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from .boxes import RawBoxes, check_bad_boxes, check_classes, make_box_splits
-from .checks import Problem, fail
-from .folder import DataSplits, find_folder, index_by_stem, list_files
-from .split import PathLike, split_names, stem
+from .common import DataSplits, PathLike, find_folder, list_images, stem
+from .detection import RawBoxes, check_bad_boxes, check_classes, make_box_splits
+from .problems import Problem, fail
+from .split import split_names
 from .voc import find_voc_root
 
 
@@ -68,10 +68,7 @@ def build_voc_boxes(root: PathLike, *, classes: Sequence[str], images: str = "JP
     bad_boxes = check_bad_boxes(bad_boxes)
     root = find_voc_root(root) if images == "JPEGImages" else Path(root)
     image_dir, ann_dir = find_folder(root, images, "images"), find_folder(root, annotations, "annotations")
-    files = list_files(image_dir)
-    if not files:
-        raise fail(Problem("missing_image", str(image_dir), f"images folder {image_dir} holds no images"))
-    index_by_stem(files)
+    files = list_images(image_dir)
     if split in ("ratio", "all"):
         train_list = val_list = None
     train, val = split_names([p.name for p in files], split=split, val_ratio=val_ratio, seed=seed,

@@ -51,7 +51,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from ..errors import ConfigError
-from ..transfer import bn_held_in_eval
+from ..transfer.freeze import bn_held_in_eval
 from .distributed import item_seed
 from .split_forward import can_split, encode, eval_mode, used_features
 
@@ -207,7 +207,7 @@ class FeatureCache:
     @classmethod
     def build(cls, model: nn.Module, dataset: Any, copies: int = 1, *,
               dtype: Union[str, torch.dtype] = torch.float32, max_bytes: Optional[int] = DEFAULT_MAX_BYTES,
-              seed: int = 0, batch_size: int = 8, workers: int = 0, progress: bool = True) -> "FeatureCache":
+              seed: int = 0, batch_size: int = 8, workers: int = 0, progress: bool = True) -> FeatureCache:
         """Encode every (item, copy) of ``dataset`` (train-transformed (image, mask) pairs) with ``model``'s
         frozen backbone in eval mode; ``dtype`` is the storage type; ConfigError past ``max_bytes``."""
         _check_model(model)

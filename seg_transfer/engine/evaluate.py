@@ -1,19 +1,65 @@
-"""``seg-transfer evaluate``: score a checkpoint on a config's val split; JSON report and confusion PNG."""
+"""Evaluation: a model's val loss and its task's metrics over a dataset (``evaluate``, run by the trainer
+each epoch), and ``seg-transfer evaluate``'s checkpoint scoring with its JSON report and plots."""
 from __future__ import annotations
 
 import json
 import os
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Callable, Optional, Union
+
+import torch
+from torch import nn
+from tqdm import tqdm
 
 from ..config import Config
 from ..data.registry import build_dataset
 from ..errors import ConfigError
-from ..io import save_text
+from ..io import resolve_device, save_text
 from ..models.checkpoint import load_checkpoint
-from ..predict import resolve_device
-from .tasks import build_task
-from .trainer import _plain, evaluate
+from . import distributed as D
+from .metrics import Meter
+from .tasks import Task, build_task
+
+
+def evaluate(model: nn.Module, dataset: Any, task: Task, device: torch.device, batch_size: int = 1,
+             collate: Optional[Callable] = None, progress: bool = False,
+             amp: tuple[bool, Optional[torch.dtype]] = (False, None), cached: bool = False
+             ) -> tuple[float, dict[str, Any], Meter]:
+    """Val loss (NaN where the task has none) and ``task``'s metrics of ``model`` over ``dataset``
+    (transformed items, or cached features with ``cached=True``)."""
+    model.eval()
+    meter = task.meter()
+    loader = D.make_loader(dataset, batch_size, shuffle=False, seed=0, collate_fn=collate or task.collate)
+    total, count = 0.0, 0
+    with torch.inference_mode():
+        for inputs, targets in tqdm(loader, desc="eval", unit="batch", leave=False, disable=not progress):
+            inputs, targets = to_device(inputs, device), task.to_device(targets, device)
+            with torch.autocast(device.type, dtype=amp[1], enabled=amp[0]):
+                loss = task.eval_batch(model, inputs, targets, cached, meter)
+            if loss is not None:
+                total += loss.item() * len(targets)
+                count += len(targets)
+    meter.reduce()
+    return (total / count if count else float("nan")), meter.compute(), meter
+
+
+def to_device(inputs: Any, device: torch.device) -> Any:
+    """Images (a batch tensor, or a list of images of different sizes), or a dict of cached features, onto ``device``."""
+    if isinstance(inputs, dict):
+        return {k: v.to(device) for k, v in inputs.items()}
+    if isinstance(inputs, (list, tuple)):  # detectors take a list of differently sized images
+        return [x.to(device) for x in inputs]
+    return inputs.to(device)
+
+
+def plain_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
+    """Metrics as floats/lists only (checkpoints load with weights_only=True)."""
+    out: dict[str, Any] = {}
+    for k, v in metrics.items():
+        if isinstance(v, torch.Tensor):
+            v = v.tolist()
+        out[k] = [float(x) for x in v] if isinstance(v, (list, tuple)) else float(v)
+    return out
 
 
 def evaluate_checkpoint(cfg: Config, checkpoint: Union[str, os.PathLike], out_dir: Optional[str] = None,
@@ -33,7 +79,7 @@ def evaluate_checkpoint(cfg: Config, checkpoint: Union[str, os.PathLike], out_di
     out = Path(out_dir) if out_dir else Path(checkpoint).resolve().parent / "eval"
     out.mkdir(parents=True, exist_ok=True)
     extra = task.write_report(metrics, meter, out)
-    report = {**_plain(metrics), "val_loss": val_loss, "classes": classes, "images": len(dataset),
+    report = {**plain_metrics(metrics), "val_loss": val_loss, "classes": classes, "images": len(dataset),
               "checkpoint": str(checkpoint), **extra, "out_dir": str(out),
               "summary": task.report_lines(metrics), "files": ["metrics.json", *sorted(extra.get("files", []))]}
     save_text(json.dumps(report, indent=1) + "\n", out / "metrics.json")

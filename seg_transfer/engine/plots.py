@@ -1,4 +1,5 @@
-"""Training figures: loss/mIoU curves, image | ground truth | prediction grids, confusion matrices.
+"""Training figures of every task: loss/metric curves, prediction grids (segmentation masks, detection
+boxes, classification labels) and confusion matrices.
 
 Figures are ``matplotlib.figure.Figure`` objects drawn by the Agg canvas without pyplot: nothing is
 registered in pyplot's global figure list (the usual leak of plotting every epoch), no display is
@@ -10,7 +11,7 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Iterable, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -18,10 +19,11 @@ from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
+from torch import nn
 
 from ..errors import unknown
 from ..io import atomic_path, read_image
-from ..predict import palette
+from ..viz import draw_boxes, palette
 
 PathLike = Union[str, os.PathLike]
 ArrayLike = Union[np.ndarray, torch.Tensor]
@@ -101,6 +103,71 @@ def plot_curves(rows: Sequence[Mapping[str, Any]], path: PathLike) -> Path:
 
 
 # ------------------------------------------------------------------------------------- predictions
+def spread(n: int, length: int) -> list[int]:
+    """Up to ``n`` indices spread evenly over ``range(length)``, first and last included."""
+    return sorted({int(round(v)) for v in np.linspace(0, length - 1, min(n, length))})
+
+
+@torch.inference_mode()
+def sample_predictions(model: nn.Module, dataset: Any, indices: Iterable[int], device: torch.device,
+                       predict: Callable[[Any], Any]) -> tuple[list[np.ndarray], list[Any], list[Any]]:
+    """Items ``indices`` of a transformed val split as (uint8 HxWx3 image, target, ``predict(model output)``)."""
+    model.eval()
+    norm = model.info.preprocess
+    mean, std = torch.tensor(norm.mean).view(3, 1, 1), torch.tensor(norm.std).view(3, 1, 1)
+    images, targets, preds = [], [], []
+    for i in indices:
+        image, target = dataset[i]
+        preds.append(predict(model(image[None].to(device))))
+        images.append(((image * std + mean).clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy())
+        targets.append(target)
+    return images, targets, preds
+
+
+def plot_classifications(images: Sequence[np.ndarray], targets: Sequence[int], preds: Sequence[int],
+                         classes: Sequence[str], path: PathLike, columns: int = 4) -> Path:
+    """predictions.png of a classifier: a grid of images titled 'predicted / true', green when right, red
+    when wrong."""
+    n = max(len(images), 1)
+    cols = min(columns, n)
+    rows = math.ceil(n / cols)
+    fig = Figure(figsize=(3 * cols, 3.2 * rows), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(rows, cols)).ravel()
+    for ax in axes:
+        ax.axis("off")
+    for ax, image, true, pred in zip(axes, images, targets, preds):
+        ax.imshow(image)
+        ax.set_title(f"{classes[pred]} / {classes[true]}", color="green" if pred == true else "red", fontsize=10)
+    fig.suptitle("predicted / true")
+    return _save(fig, path)
+
+
+@torch.inference_mode()
+def plot_detections(model: nn.Module, dataset: Any, n: int, device: torch.device, classes: Sequence[str],
+                    path: PathLike, score_threshold: float = 0.5) -> Path:
+    """predictions.png of a detector: a row per val item (transformed: image tensor in [0, 1], target
+    dict), ground-truth boxes | predicted boxes with scores."""
+    model.eval()
+    n = min(n, len(dataset))
+    fig = Figure(figsize=(8, 3.2 * max(n, 1)), layout="constrained")
+    axes = fig.subplots(max(n, 1), 2, squeeze=False)
+    for i in range(n):
+        image, target = dataset[i]
+        out = model([image.to(device)])[0]
+        keep = out["scores"] >= score_threshold
+        pixels = (image.detach().cpu().clamp(0, 1) * 255).round().to(torch.uint8)
+        panels = [(draw_boxes(pixels, target["boxes"], target["labels"], classes),
+                   f"ground truth ({len(target['boxes'])} boxes)"),
+                  (draw_boxes(pixels, out["boxes"][keep], out["labels"][keep], classes, out["scores"][keep]),
+                   f"prediction (score >= {score_threshold}: {int(keep.sum())} boxes)")]
+        for ax, (drawn, title) in zip(axes[i], panels):
+            ax.imshow(drawn.permute(1, 2, 0).numpy())
+            ax.set_title(title, fontsize=9)
+    for ax in axes.flat:
+        ax.set_axis_off()
+    return _save(fig, path)
+
+
 def _mask(mask: ArrayLike) -> np.ndarray:
     """HxW class indices from indices or CxHxW scores (argmax over C)."""
     m = mask.detach().cpu().numpy() if isinstance(mask, torch.Tensor) else np.asarray(mask)
@@ -200,3 +267,9 @@ def plot_confusion(matrix: Any, classes: Sequence[str], path: PathLike, normaliz
                 ax.text(c, r, text, ha="center", va="center", fontsize=font * 0.85,
                         color="white" if v > 0.6 * vmax else "black")
     return _save(fig, path)
+
+
+def confusion_report(matrix: torch.Tensor, classes: Sequence[str], out_dir: Path) -> dict[str, Any]:
+    """``confusion.png`` in ``out_dir``, and the counts for the evaluation report."""
+    plot_confusion(matrix.cpu().numpy(), classes, out_dir / "confusion.png")
+    return {"confusion": matrix.tolist(), "files": ["confusion.png"]}

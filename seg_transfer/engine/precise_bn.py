@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from ..transfer import bn_held_in_eval
+from ..transfer.freeze import bn_held_in_eval
 
 
 def trainable_bn(model: nn.Module) -> list[_BatchNorm]:

@@ -1,48 +1,42 @@
-"""A segmentation model's forward split at the backbone: ``encode`` (its features) and ``decode`` (the rest).
+"""A model's forward split at the backbone: ``encode`` (its features) and ``decode`` (the rest), for the
+tasks whose models say how (``models.segmentation`` and ``models.classification``: ``can_split``,
+``encode``, ``decode``).
 
-``decode(model, encode(model, x), x.shape[-2:])`` equals ``model(x)``: ``decode`` mirrors the forward of
-``SegmentationModel`` and of torchvision's FCN/DeepLabV3 (``_SimpleSegmentationModel``) and LRASPP, so a
-frozen backbone's features can be computed once and the neck and head trained on them.
+``decode(model, encode(model, x), x.shape[-2:])`` equals ``model(x)``, so a frozen backbone's features
+can be computed once and the neck and head trained on them (the feature cache).
 """
 from __future__ import annotations
 
 from collections import OrderedDict
 from contextlib import contextmanager
+from types import ModuleType
 from typing import Iterator, Mapping, Optional, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
-from torchvision.models.segmentation._utils import _SimpleSegmentationModel
-from torchvision.models.segmentation.lraspp import LRASPP
 
-from ..models import classification as C
-from ..models.build import SegmentationModel
+from ..models import classification, segmentation
 
 WRAPPERS = (nn.DataParallel, nn.parallel.DistributedDataParallel)
 
 
-def _kind(model: nn.Module) -> str:
-    if isinstance(model, SegmentationModel):
-        return "assembled"
-    if isinstance(model, LRASPP):
-        return "lraspp"
-    if isinstance(model, _SimpleSegmentationModel):  # FCN, DeepLabV3
-        return "simple"
-    if C.is_classifier(model):  # image classifiers: split at the pooled features
-        return "classifier"
+def _task(model: nn.Module) -> ModuleType:
+    """The models module that knows how to split ``model``."""
+    for task in (segmentation, classification):
+        if task.can_split(model):
+            return task
     if isinstance(model, WRAPPERS):
         # Calling the wrapped module's parts directly would skip DDP's gradient synchronisation.
         raise TypeError(f"split_forward: pass the model that {type(model).__name__} wraps (.module); to "
                         "distribute the decoding, wrap Decoder(model) instead")
-    raise TypeError(f"split_forward: cannot split {type(model).__name__}; supported: SegmentationModel "
-                    "and torchvision's FCN, DeepLabV3 and LRASPP")
+    raise TypeError(f"split_forward: cannot split {type(model).__name__}; supported: SegmentationModel, "
+                    "torchvision's FCN, DeepLabV3 and LRASPP, and the image classifiers")
 
 
 def can_split(model: nn.Module) -> bool:
     """Whether ``encode``/``decode`` know this model's forward."""
     try:
-        _kind(model)
+        _task(model)
     except TypeError:
         return False
     return True
@@ -61,16 +55,9 @@ def eval_mode(module: nn.Module) -> Iterator[nn.Module]:
             m.training = training
 
 
-def _up(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
-    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
-
-
 def encode(model: nn.Module, x: torch.Tensor, keys: Optional[Sequence[str]] = None) -> dict[str, torch.Tensor]:
     """The backbone's features of ``x``, as the rest of the network reads them; ``keys`` keeps only those."""
-    kind = _kind(model)
-    feats = C.encode(model, x) if kind == "classifier" else OrderedDict(model.backbone(x))
-    if kind == "simple" and model.aux_classifier is None:
-        feats.pop("aux", None)  # a pretrained zoo model keeps returning it after aux_loss=False
+    feats = _task(model).encode(model, x)
     if keys is None:
         return feats
     missing = [k for k in keys if k not in feats]
@@ -80,25 +67,13 @@ def encode(model: nn.Module, x: torch.Tensor, keys: Optional[Sequence[str]] = No
 
 
 def decode(model: nn.Module, feats: Mapping[str, torch.Tensor], size: Sequence[int]) -> dict[str, torch.Tensor]:
-    """Neck, head and aux head on backbone features, upsampled to ``size``: ``{"out", "aux"?}`` like ``model(x)``."""
-    kind = _kind(model)
-    size = tuple(size)[-2:]
+    """Neck, head and aux head on backbone features, upsampled to ``size``: ``{"out", "aux"?}`` like
+    ``model(x)``; for classifiers ``{"out": logits}`` (``size`` does not apply)."""
+    task = _task(model)
     feats = OrderedDict(feats)  # a copy: nothing downstream may alter a cached dict
-    if kind == "classifier":
-        return {"out": C.decode(model, feats)}  # logits N x classes; size does not apply
-    if kind == "assembled":
-        out = {"out": _up(model.head(model.neck(feats)), size)}
-        if model.aux_classifier is not None:
-            out["aux"] = _up(model.aux_classifier(feats["layer3"]), size)
-        return out
-    result: "OrderedDict[str, torch.Tensor]" = OrderedDict()
-    if kind == "lraspp":
-        result["out"] = _up(model.classifier(feats), size)
-        return result
-    result["out"] = _up(model.classifier(feats["out"]), size)
-    if model.aux_classifier is not None:
-        result["aux"] = _up(model.aux_classifier(feats["aux"]), size)
-    return result
+    if task is classification:
+        return {"out": classification.decode(model, feats)}
+    return segmentation.decode(model, feats, tuple(size)[-2:])
 
 
 def used_features(model: nn.Module, feats: Mapping[str, torch.Tensor], size: Sequence[int]) -> list[str]:
@@ -134,7 +109,7 @@ class Decoder(nn.Module):
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
-        _kind(model)
+        _task(model)
         self.model = model
 
     def forward(self, feats: Mapping[str, torch.Tensor], size: Sequence[int]) -> dict[str, torch.Tensor]:

@@ -4,6 +4,7 @@ lives in ``engine/tasks/``); rank-0-only I/O."""
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import random
@@ -14,23 +15,26 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
-from torch import nn
 from tqdm import tqdm
 
 from ..config import Config, dump_config, to_dict
 from ..data.registry import build_dataset
 from ..errors import SegTransferError
-from ..io import save_text
+from ..io import resolve_device, save_text
 from ..models import weights as W
-from ..models.build import build_model
 from ..models.checkpoint import read_checkpoint, save_checkpoint
-from ..predict import resolve_device
-from ..transfer import (TransferReport, apply_freeze, class_aware_init, freeze_table, load_matching,
-                        param_groups, unfreeze)
+from ..transfer.class_init import class_aware_init
+from ..transfer.freeze import apply_freeze, freeze_table, param_groups, unfreeze
+from ..transfer.loading import TransferReport, load_matching
+from ..transfer.sources import build, source_weights
 from . import distributed as D
-from .optim import add_param_group, autocast_settings, build_optimizer, build_scheduler
-from .tasks import Meter, Task, build_task
-
+from .cache import CachedFeatureDataset, FeatureCache, can_cache, collate_features, trainable_backbone
+from .evaluate import evaluate, plain_metrics, to_device
+from .metrics import Meter
+from .optim import add_param_group, autocast_settings, build_optimizer, build_scheduler, grad_scaler
+from .plots import plot_curves
+from .precise_bn import recompute_bn_stats
+from .tasks import Task, build_task
 
 
 class TrainingDiverged(SegTransferError):
@@ -46,11 +50,6 @@ class RunResult:
     stopped_early: bool = False
     metric: str = "miou"
 
-    @property
-    def best_miou(self) -> float:
-        """The best val mIoU (segmentation runs)."""
-        return self.best
-
 
 def seed_everything(seed: int, deterministic: bool = False) -> None:
     random.seed(seed)
@@ -59,20 +58,6 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
     if deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False
-
-
-def _source_weights(cfg: Config) -> Optional[tuple[list[str], dict[str, torch.Tensor], str]]:
-    """(classes, state dict, description) of the whole-model weights a run starts from, if any."""
-    if cfg.train.init_from:
-        ckpt = read_checkpoint(cfg.train.init_from)
-        return list(ckpt["classes"]), ckpt["state_dict"], f"checkpoint {cfg.train.init_from}"
-    if cfg.model.name and cfg.model.weights is not None:
-        resolved = W.resolve(cfg.model.name, cfg.model.weights)
-        if isinstance(resolved, W.WeightsEnum):
-            return W.categories(resolved), W.read_state_dict(W.cache_path(resolved)), W.entry_name(resolved)
-        if isinstance(resolved, Path):
-            return W.categories(W.weights_enum(cfg.model.name).DEFAULT), W.read_state_dict(resolved), str(resolved)
-    return None
 
 
 class Trainer:
@@ -91,7 +76,7 @@ class Trainer:
         splits = build_dataset(cfg.data)
         self.classes, self.ignore_index = list(splits.classes), splits.ignore_index
         model_cfg = {**to_dict(cfg.model), "classes": self.classes, "num_classes": None}
-        self.model = build_model(model_cfg)
+        self.model = build(model_cfg)
         self.report = self._transfer_init()
         f = cfg.freeze
         self.freeze_state = apply_freeze(self.model, f.strategy, f.stages, f.unfreeze_from, f.bn)
@@ -113,8 +98,7 @@ class Trainer:
                                          warmup_steps=round(t.warmup_epochs * self.steps_per_epoch),
                                          step_size=t.step_epochs * self.steps_per_epoch, gamma=t.gamma)
         self.amp_enabled, self.amp_dtype = autocast_settings(self.device, t.amp)
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_enabled
-                                           and self.amp_dtype == torch.float16)
+        self.scaler = grad_scaler(self.device, t.amp)
         self.start_epoch, self.best, self.best_epoch, self.history = 0, -1.0, -1, []
         self.unfrozen: list[str] = []
         if resume:
@@ -123,7 +107,7 @@ class Trainer:
     # ------------------------------------------------------------------------------------- set-up
 
     def _transfer_init(self) -> TransferReport | None:
-        source = _source_weights(self.cfg)
+        source = source_weights(self.cfg)
         if source is None:  # a backbone from another seg_transfer checkpoint was loaded at build time
             return getattr(self.model.info, "transfer", None)
         source_classes, state, description = source
@@ -140,8 +124,6 @@ class Trainer:
 
     def _use_cache(self) -> bool:
         """The feature cache is on when asked, or by default when the backbone is wholly frozen for good."""
-        from .cache import can_cache, trainable_backbone
-
         wanted = self.cfg.cache.enabled
         if wanted is False:
             return False
@@ -161,8 +143,6 @@ class Trainer:
     def _build_caches(self) -> None:
         """Run the frozen backbone once per (train item, copy) and once per val item; epochs then train
         only the neck and head on the stored features."""
-        from .cache import CachedFeatureDataset, FeatureCache, collate_features
-
         c, t = self.cfg.cache, self.cfg.train
         common = dict(dtype=c.dtype, max_bytes=int(c.max_gb * 2**30), seed=t.seed, workers=t.workers,
                       progress=self.progress)
@@ -202,7 +182,7 @@ class Trainer:
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{t.epochs}", unit="batch", leave=False,
                    disable=not self.progress)
         for step, (inputs, targets) in enumerate(bar):
-            inputs, targets = _to(inputs, self.device), self.task.to_device(targets, self.device)
+            inputs, targets = to_device(inputs, self.device), self.task.to_device(targets, self.device)
             with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_enabled):
                 loss = self.train_loss(inputs, targets)
             if not torch.isfinite(loss):
@@ -229,8 +209,6 @@ class Trainer:
         n = self.cfg.train.precise_bn
         if n <= 0:
             return 0
-        from .precise_bn import recompute_bn_stats
-
         t = self.cfg.train
         loader = D.make_loader(self.train_set, t.batch_size, shuffle=True, seed=t.seed + 1, epoch=epoch,
                                workers=t.workers, collate_fn=self.collate, drop_last=len(self.train_set) > t.batch_size)
@@ -238,7 +216,7 @@ class Trainer:
         def step(batch: Any) -> None:
             inputs, targets = batch
             with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_enabled):
-                self.train_loss(_to(inputs, self.device), self.task.to_device(targets, self.device))
+                self.train_loss(to_device(inputs, self.device), self.task.to_device(targets, self.device))
 
         return recompute_bn_stats(self.model, loader, step, n)
 
@@ -298,8 +276,6 @@ class Trainer:
         self.log(freeze_table(self.model))
 
     def _write_epoch(self, epoch: int, metrics: dict[str, Any], improved: bool) -> None:
-        from .plots import plot_curves
-
         _write_csv(self.run_dir / "metrics.csv", self.history, self.task.fields)
         save_text(json.dumps({**metrics, "classes": self.classes}, indent=1, default=float) + "\n",
                   self.run_dir / "val_metrics_last.json")
@@ -311,7 +287,7 @@ class Trainer:
                  "best_epoch": self.best_epoch,
                  "history": [dict(r) for r in self.history], "unfrozen": list(self.unfrozen),
                  "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                 "scaler": self.scaler.state_dict(), "config": to_dict(self.cfg), "metrics": _plain(metrics)}
+                 "scaler": self.scaler.state_dict(), "config": to_dict(self.cfg), "metrics": plain_metrics(metrics)}
         save_checkpoint(self.run_dir / "last.pt", self.model, **extra)
         if improved:
             save_checkpoint(self.run_dir / "best.pt", self.model, **extra)
@@ -332,51 +308,8 @@ class Trainer:
         self.log(f"resumed from {path} at epoch {self.start_epoch}")
 
 
-def evaluate(model: nn.Module, dataset: Any, task: Task, device: torch.device, batch_size: int = 1,
-             collate: Optional[Callable] = None, progress: bool = False,
-             amp: tuple[bool, Optional[torch.dtype]] = (False, None), cached: bool = False
-             ) -> tuple[float, dict[str, Any], Meter]:
-    """Val loss (NaN where the task has none) and ``task``'s metrics of ``model`` over ``dataset``
-    (transformed items, or cached features with ``cached=True``)."""
-    model.eval()
-    meter = task.meter()
-    loader = D.make_loader(dataset, batch_size, shuffle=False, seed=0, collate_fn=collate or task.collate)
-    total, count = 0.0, 0
-    with torch.inference_mode():
-        for inputs, targets in tqdm(loader, desc="eval", unit="batch", leave=False, disable=not progress):
-            inputs, targets = _to(inputs, device), task.to_device(targets, device)
-            with torch.autocast(device.type, dtype=amp[1], enabled=amp[0]):
-                loss = task.eval_batch(model, inputs, targets, cached, meter)
-            if loss is not None:
-                total += loss.item() * len(targets)
-                count += len(targets)
-    meter.reduce()
-    return (total / count if count else float("nan")), meter.compute(), meter
-
-
-def _to(inputs: Any, device: torch.device) -> Any:
-    """Images (a batch tensor, or a list of images of different sizes), or a dict of cached features, onto ``device``."""
-    if isinstance(inputs, dict):
-        return {k: v.to(device) for k, v in inputs.items()}
-    if isinstance(inputs, (list, tuple)):  # detectors take a list of differently sized images
-        return [x.to(device) for x in inputs]
-    return inputs.to(device)
-
-
-def _plain(metrics: dict[str, Any]) -> dict[str, Any]:
-    """Metrics as floats/lists only (checkpoints load with weights_only=True)."""
-    out: dict[str, Any] = {}
-    for k, v in metrics.items():
-        if isinstance(v, torch.Tensor):
-            v = v.tolist()
-        out[k] = [float(x) for x in v] if isinstance(v, (list, tuple)) else float(v)
-    return out
-
-
 def _write_csv(path: Path, rows: list[dict[str, float]], fields: tuple[str, ...]) -> None:
-    import io as _io
-
-    buf = _io.StringIO()
+    buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=("epoch", "train_loss", "val_loss", *fields, "lr", "seconds"),
                             extrasaction="ignore")
     writer.writeheader()

@@ -1,4 +1,4 @@
-"""Model assembly: backbones, necks, heads, torchvision's zoo, weights and preprocessing."""
-from .build import ModelInfo, SegmentationModel, build_model, create_model, model_names
+"""Model assembly: backbones, the stage map, necks, each task's heads and zoo, weights and preprocessing."""
+from .build import TASKS, ModelInfo, build_model, model_names
 
-__all__ = ["ModelInfo", "SegmentationModel", "build_model", "create_model", "model_names"]
+__all__ = ["TASKS", "ModelInfo", "build_model", "model_names"]

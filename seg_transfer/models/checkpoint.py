@@ -10,9 +10,9 @@ import torch
 import torchvision
 from torch import nn
 
-from .. import __version__
 from ..errors import BadInputError
 from ..io import atomic_path
+from ..version import __version__
 from . import weights as W
 from .build import build_model
 from .preprocess import Preprocess

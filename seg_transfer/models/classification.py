@@ -1,5 +1,6 @@
-"""Image classification models: a ``classifier`` head over any registered backbone, and torchvision's
-classifiers by name (``resnet18`` ... ``inception_v3``) with only their last linear layer replaced.
+"""Image classification models: a ``classifier`` head over any registered backbone (``HEADS``), and
+torchvision's classifiers by name (``ZOO``: ``resnet18`` ... ``inception_v3``) with only their last
+linear layer replaced.
 
 Both kinds expose what the rest of the toolkit relies on: ``model.backbone`` with ``stage_names`` and
 ``stage(name)`` (freezing, LR groups, the feature cache) and a forward split at the pooled features
@@ -15,22 +16,23 @@ from __future__ import annotations
 import dataclasses
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 import torch
 from torch import nn
-from torchvision.models import WeightsEnum
 
+from ..config import ModelConfig
 from ..errors import ConfigError, unknown
 from . import weights as W
-from .backbones import BACKBONES, MOBILENET_V3_BOUNDS, Backbone
+from .backbones import Backbone, build_backbone
 from .preprocess import Preprocess
+from .stages import STAGE_SPLITS
 
 POOLS = ("avg", "max", "avgmax")
+Built = tuple[nn.Module, Preprocess, list[str]]
 
 
-# ------------------------------------------------------------------------------------ preprocess
-def classification_preprocess(transforms: object, resize: Optional[int] = None) -> Preprocess:
+def classification_preprocess(transforms: Any, resize: Optional[int] = None) -> Preprocess:
     """A classification preset (``weights.transforms()``: resize shorter side, centre crop, normalise).
 
     ``resize`` None keeps the preset's sizes; N resizes the shorter side to N and crops the preset's
@@ -43,11 +45,6 @@ def classification_preprocess(transforms: object, resize: Optional[int] = None) 
     if resize == 0:
         return base
     return dataclasses.replace(base, crop_size=max(1, round(resize * crop / transforms.resize_size[0])))
-
-
-def _family_enum(tv_name: str, resolved: W.Resolved) -> WeightsEnum:
-    # Random or local weights preprocess like the family's DEFAULT ones (as backbones.py does).
-    return resolved if isinstance(resolved, WeightsEnum) else W.weights_enum(tv_name).DEFAULT
 
 
 # --------------------------------------------------------------------------------- the head
@@ -107,17 +104,43 @@ class ClassificationModel(nn.Module):
         return self.head(next(reversed(self.backbone(x).values())))
 
 
-def build_assembled(backbone: str, num_classes: int, backbone_weights: W.Spec = "DEFAULT",
-                    pool: Optional[str] = None, dropout: Optional[float] = None, hidden: Optional[int] = None,
-                    resize: Optional[int] = None) -> tuple[nn.Module, Preprocess]:
-    """A registered backbone (stride 32) + ``ClassifierHead``, preprocessed as the backbone's weights."""
-    if backbone not in BACKBONES:
-        raise unknown("backbone", backbone, BACKBONES, "model.backbone")
-    body = BACKBONES[backbone](backbone_weights, None, None)
+def classifier_head(in_channels: int, num_classes: int, cfg: ModelConfig) -> ClassifierHead:
+    return ClassifierHead(in_channels, num_classes, cfg.pool or "avg", cfg.dropout or 0.0, cfg.hidden)
+
+
+@dataclass(frozen=True)
+class ClassificationHead:
+    """An image-classification head: its builder ``(in_channels, num_classes, cfg)`` over the last
+    stage, and the necks it can sit on."""
+
+    build: Callable[[int, int, ModelConfig], nn.Module]
+    necks: tuple[str, ...] = ("none",)
+
+
+# global pooling -> dropout -> [hidden] -> linear, on any backbone
+HEADS: dict[str, ClassificationHead] = {"classifier": ClassificationHead(classifier_head)}
+
+
+def _check_stride(cfg: ModelConfig) -> None:
+    if cfg.output_stride not in (None, 32):
+        raise ConfigError("model.output_stride: classifiers run at output stride 32")
+
+
+def build_assembled(cfg: ModelConfig, backbone_weights: W.Spec) -> Built:
+    """A registered backbone (stride 32) + a classification head, preprocessed as the backbone's weights."""
+    _check_stride(cfg)
+    if cfg.neck != "none":
+        raise ConfigError(f"model: head '{cfg.head}' pools the last stage; it takes neck 'none', "
+                          f"not '{cfg.neck}'")
+    if cfg.aux_loss:
+        raise ConfigError(f"model.aux_loss: head '{cfg.head}' has no auxiliary head")
+    classes = W.class_names(cfg.num_classes, cfg.classes, None)
+    body = build_backbone(str(cfg.backbone), backbone_weights, None, None)
     last = body.stage_names[-1]
-    head = ClassifierHead(body.out_channels[last], num_classes, pool or "avg", dropout or 0.0, hidden)
-    enum = _family_enum(backbone, W.resolve(backbone, backbone_weights, "model.backbone_weights"))
-    return ClassificationModel(body, head), classification_preprocess(enum.transforms(), resize)
+    head = HEADS[str(cfg.head)].build(body.out_channels[last], len(classes), cfg)
+    resolved = W.resolve(str(cfg.backbone), backbone_weights, "model.backbone_weights")
+    transforms = W.enum_or_default(str(cfg.backbone), resolved).transforms()
+    return ClassificationModel(body, head), classification_preprocess(transforms, cfg.resize), classes
 
 
 # ------------------------------------------------------------------------------ zoo classifiers
@@ -125,9 +148,12 @@ class StageView(nn.Module):
     """The backbone of a torchvision classifier as named stages over the model's own layers, ending in
     global pooling; ``forward`` gives the flattened pooled features the classifier layers read."""
 
-    def __init__(self, stages: "OrderedDict[str, nn.Module]", head: tuple[str, ...],
+    def __init__(self, stages: OrderedDict[str, nn.Module], pool: nn.Module, head: tuple[str, ...],
                  prepare: Optional[Callable[[torch.Tensor], torch.Tensor]] = None) -> None:
         super().__init__()
+        stages = OrderedDict(stages)
+        last = next(reversed(stages))
+        stages[last] = nn.Sequential(stages[last], pool)  # pooling rides with the last stage
         self.stage_names = list(stages)
         self.stages = nn.Sequential(stages)
         self.head_names = head          # the model's attributes applied after the pooled features
@@ -142,59 +168,43 @@ class StageView(nn.Module):
         return torch.flatten(self.stages(x), 1)
 
 
-def _seq(*modules: nn.Module) -> nn.Sequential:
-    return nn.Sequential(*modules)
+def _avgpool(net: nn.Module) -> nn.Module:
+    return net.avgpool
 
 
-def _resnet_stages(net: nn.Module) -> "OrderedDict[str, nn.Module]":
-    return OrderedDict(stem=_seq(net.conv1, net.bn1, net.relu, net.maxpool), layer1=net.layer1,
-                       layer2=net.layer2, layer3=net.layer3, layer4=_seq(net.layer4, net.avgpool))
+def _new_avgpool(net: nn.Module) -> nn.Module:
+    # torchvision's MobileNetV2 pools functionally in forward: a module for the view to run
+    return nn.AdaptiveAvgPool2d((1, 1))
 
 
-def _cut(bounds: tuple[int, ...], pool: Callable[[nn.Module], nn.Module]):
-    """``features`` cut at ``bounds`` into stem, layer1..layer4 (as backbones.py cuts them), then pooling."""
-    def stages(net: nn.Module) -> "OrderedDict[str, nn.Module]":
-        cuts = (0, *bounds, len(net.features))
-        names = ("stem", "layer1", "layer2", "layer3", "layer4")
-        out = OrderedDict((n, net.features[a:b]) for n, a, b in zip(names, cuts, cuts[1:]))
-        out["layer4"] = _seq(*out["layer4"], pool(net))
-        return out
-    return stages
+def _no_kwargs(pretrained: bool) -> dict[str, Any]:
+    return {}
 
 
-# Inception v3's stages are its own layer names (Keras' mixed0..mixed10 are Mixed_5b..Mixed_7c); the
-# parameter-free max-pools ride with the conv before them.
-INCEPTION_STAGES = ("Conv2d_1a_3x3", "Conv2d_2a_3x3", "Conv2d_2b_3x3", "Conv2d_3b_1x1", "Conv2d_4a_3x3",
-                    "Mixed_5b", "Mixed_5c", "Mixed_5d", "Mixed_6a", "Mixed_6b", "Mixed_6c", "Mixed_6d",
-                    "Mixed_6e", "Mixed_7a", "Mixed_7b", "Mixed_7c")
-_INCEPTION_TAIL = {"Conv2d_2b_3x3": "maxpool1", "Conv2d_4a_3x3": "maxpool2", "Mixed_7c": "avgpool"}
-
-
-def _inception_stages(net: nn.Module) -> "OrderedDict[str, nn.Module]":
-    return OrderedDict((name, _seq(getattr(net, name), getattr(net, _INCEPTION_TAIL[name]))
-                        if name in _INCEPTION_TAIL else getattr(net, name)) for name in INCEPTION_STAGES)
+def _inception_kwargs(pretrained: bool) -> dict[str, Any]:
+    # The checkpoint has the auxiliary head and expects transform_input (torchvision sets both when
+    # loading it); the aux head is dropped after loading, as torchvision does for aux_logits=False.
+    return {"aux_logits": True, "transform_input": True, "init_weights": not pretrained}
 
 
 @dataclass(frozen=True)
-class ZooClassifier:
-    """How to see torchvision classifier ``tv_name`` as stages + classifier layers."""
+class ClassifierZoo:
+    """How to see torchvision classifier ``tv_name`` as stages (``stages.STAGE_SPLITS``) + global
+    pooling + classifier layers."""
 
     tv_name: str
-    stages: Callable[[nn.Module], "OrderedDict[str, nn.Module]"]
     head: tuple[str, ...]   # attributes applied to the pooled features, in order
-    kwargs: Callable[[bool], dict] = lambda pretrained: {}
+    pool: Callable[[nn.Module], nn.Module] = _avgpool
+    kwargs: Callable[[bool], dict[str, Any]] = _no_kwargs
 
 
-ZOO_CLASSIFIERS: dict[str, ZooClassifier] = {z.tv_name: z for z in (
-    ZooClassifier("resnet18", _resnet_stages, ("fc",)),
-    ZooClassifier("resnet50", _resnet_stages, ("fc",)),
-    ZooClassifier("vgg16", _cut((5, 10, 17, 24), lambda net: net.avgpool), ("classifier",)),
-    ZooClassifier("mobilenet_v2", _cut((2, 4, 7, 14), lambda net: nn.AdaptiveAvgPool2d((1, 1))), ("classifier",)),
-    ZooClassifier("mobilenet_v3_large", _cut(MOBILENET_V3_BOUNDS, lambda net: net.avgpool), ("classifier",)),
-    # The checkpoint has the auxiliary head and expects transform_input (torchvision sets both when
-    # loading it); the aux head is dropped after loading, as torchvision does for aux_logits=False.
-    ZooClassifier("inception_v3", _inception_stages, ("dropout", "fc"),
-                  lambda pretrained: {"aux_logits": True, "transform_input": True, "init_weights": not pretrained}),
+ZOO: dict[str, ClassifierZoo] = {z.tv_name: z for z in (
+    ClassifierZoo("resnet18", ("fc",)),
+    ClassifierZoo("resnet50", ("fc",)),
+    ClassifierZoo("vgg16", ("classifier",)),
+    ClassifierZoo("mobilenet_v2", ("classifier",), _new_avgpool),
+    ClassifierZoo("mobilenet_v3_large", ("classifier",)),
+    ClassifierZoo("inception_v3", ("dropout", "fc"), kwargs=_inception_kwargs),
 )}
 
 
@@ -213,45 +223,51 @@ def _last_linear(net: nn.Module, head: tuple[str, ...]) -> tuple[nn.Module, str,
     return found
 
 
-def attach_view(net: nn.Module, spec: ZooClassifier) -> nn.Module:
+def attach_view(net: nn.Module, spec: ClassifierZoo) -> nn.Module:
     """Give torchvision classifier ``net`` its ``backbone`` view (not registered: see the module doc)."""
     prepare = getattr(net, "_transform_input", None) if spec.tv_name == "inception_v3" else None
-    object.__setattr__(net, "backbone", StageView(spec.stages(net), spec.head, prepare))
+    object.__setattr__(net, "backbone", StageView(STAGE_SPLITS[spec.tv_name](net), spec.pool(net), spec.head,
+                                                  prepare))
     return net
 
 
-def build_zoo_classifier(name: str, weights: W.Spec = "DEFAULT", num_classes: Optional[int] = None,
-                         resize: Optional[int] = None, aux_loss: Optional[bool] = None
-                         ) -> tuple[nn.Module, Preprocess, Optional[list[str]]]:
-    """torchvision classifier ``name`` with ``weights``; a new ``num_classes`` replaces only the last linear
-    layer. Returns (model, preprocessing, class names: the weights' categories when kept)."""
-    spec = ZOO_CLASSIFIERS[name]
-    if aux_loss:
+def build_zoo(cfg: ModelConfig) -> Built:
+    """torchvision classifier ``cfg.name`` with ``cfg.weights``; a new class count replaces only the last
+    linear layer. Class names: the weights' categories when kept."""
+    spec = ZOO[str(cfg.name)]
+    name = spec.tv_name
+    _check_stride(cfg)
+    if (cfg.pool, cfg.dropout, cfg.hidden) != (None, None, None):
+        raise ConfigError(f"model: pool/dropout/hidden belong to the 'classifier' head; zoo classifier "
+                          f"{name} keeps torchvision's classifier layers")
+    if cfg.aux_loss:
         raise ConfigError(f"model.aux_loss: not supported for classifier {name} (its auxiliary head is dropped)")
-    resolved = W.resolve(name, weights, "model.weights")
-    default = W.weights_enum(name).DEFAULT
-    official = len(default.meta["categories"])
+    num_classes = len(cfg.classes) if cfg.classes is not None else cfg.num_classes
+    resolved = W.resolve(name, cfg.weights, "model.weights")
+    family = W.enum_or_default(name, resolved)
+    official = len(family.meta["categories"])
     # Always the official architecture first, so the checkpoint (or a local copy of it) loads strictly.
     net, _ = W.build_torchvision(name, resolved, "model.weights", num_classes=official,
                                  **spec.kwargs(resolved is not None))
     if getattr(net, "AuxLogits", None) is not None:
         net.aux_logits, net.AuxLogits = False, None
-    classes = W.categories(resolved) or W.categories(default)
+    default = W.categories(family)
     if num_classes is not None and num_classes != official:
         parent, attr, old = _last_linear(net, spec.head)
         setattr(parent, attr, nn.Linear(old.in_features, num_classes, bias=old.bias is not None))
-        classes = None
+        default = None
     attach_view(net, spec)
-    return net, classification_preprocess(_family_enum(name, resolved).transforms(), resize), classes
+    preprocess = classification_preprocess(family.transforms(), cfg.resize)
+    return net, preprocess, W.class_names(cfg.num_classes, cfg.classes, default)
 
 
 # --------------------------------------------------------------------------------- split forward
-def is_classifier(model: nn.Module) -> bool:
+def can_split(model: nn.Module) -> bool:
     """Whether ``model`` is one of this module's classifiers (assembled, or zoo with its view)."""
     return isinstance(model, ClassificationModel) or isinstance(model.__dict__.get("backbone"), StageView)
 
 
-def encode(model: nn.Module, x: torch.Tensor) -> "OrderedDict[str, torch.Tensor]":
+def encode(model: nn.Module, x: torch.Tensor) -> OrderedDict[str, torch.Tensor]:
     """``{"pooled": N x C}``: the backbone's globally pooled features (the input of the classifier layers)."""
     if isinstance(model, ClassificationModel):
         return OrderedDict(pooled=model.head.pool(next(reversed(model.backbone(x).values()))))
@@ -266,7 +282,3 @@ def decode(model: nn.Module, feats: dict[str, torch.Tensor]) -> torch.Tensor:
     for attr in model.backbone.head_names:
         x = getattr(model, attr)(x)
     return x
-
-
-def classifier_names() -> list[str]:
-    return sorted(ZOO_CLASSIFIERS)

@@ -8,7 +8,6 @@ as the weights' ``ObjectDetection`` preset does. Channel counts are read from th
 """
 from __future__ import annotations
 
-import inspect
 import typing
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -31,13 +30,19 @@ from torchvision.models.detection.ssdlite import SSDLiteFeatureExtractorMobileNe
 from torchvision.ops import MultiScaleRoIAlign
 
 from ..config import ModelConfig
-from ..errors import ConfigError, unknown
+from ..errors import ConfigError
 from . import weights as W
-from .backbones import BACKBONES, Backbone
+from .backbones import Backbone, build_backbone
 from .necks import NECKS
 from .preprocess import Preprocess
 
 BACKGROUND = "__background__"
+Built = tuple[nn.Module, Preprocess, list[str]]
+
+
+def is_detector(model: nn.Module) -> bool:
+    """Whether ``model`` was built as a detector (its ``info.task``)."""
+    return getattr(getattr(model, "info", None), "task", None) == "detection"
 
 
 def detection_preprocess() -> Preprocess:
@@ -188,13 +193,28 @@ def _train_all(model: nn.Module) -> nn.Module:
 
 
 # ------------------------------------------------------------------------------------------ zoo
-def build_zoo_detector(tv_name: str, cfg: ModelConfig) -> tuple[nn.Module, Preprocess, list[str]]:
+@dataclass(frozen=True)
+class DetectorZoo:
+    """A torchvision detector by builder name."""
+
+    tv_name: str
+
+
+ZOO: dict[str, DetectorZoo] = {name: DetectorZoo(name) for name in (
+    "fasterrcnn_resnet50_fpn", "fasterrcnn_resnet50_fpn_v2", "fasterrcnn_mobilenet_v3_large_fpn",
+    "fasterrcnn_mobilenet_v3_large_320_fpn", "ssd300_vgg16", "ssdlite320_mobilenet_v3_large",
+    "retinanet_resnet50_fpn_v2", "maskrcnn_resnet50_fpn")}
+
+
+def build_zoo(cfg: ModelConfig) -> Built:
     """A torchvision detector by name; a new ``num_classes`` replaces only its class predictors."""
+    tv_name = ZOO[str(cfg.name)].tv_name
+    if cfg.output_stride is not None:
+        raise ConfigError("model.output_stride: zoo models keep torchvision's stride; use an assembled model")
+    _check_no_aux(cfg)
     resolved = W.resolve(tv_name, cfg.weights, "weights")
-    default = W.weights_enum(tv_name).DEFAULT
-    official = len(default.meta["categories"])
-    names = detection_classes(cfg.num_classes, cfg.classes,
-                              W.categories(resolved if isinstance(resolved, WeightsEnum) else default))
+    official = len(W.weights_enum(tv_name).DEFAULT.meta["categories"])
+    names = detection_classes(cfg.num_classes, cfg.classes, W.categories(W.enum_or_default(tv_name, resolved)))
     if resolved is not None:
         # The saved architecture first (no backbone download: the whole model's file covers it).
         model, _ = W.build_torchvision(tv_name, resolved, "weights", weights_backbone=None, num_classes=official)
@@ -221,20 +241,11 @@ def build_zoo_detector(tv_name: str, cfg: ModelConfig) -> tuple[nn.Module, Prepr
 def _backbone_weights(tv_name: str) -> tuple[type[WeightsEnum], Optional[WeightsEnum]]:
     """The backbone weights enum of torchvision builder ``tv_name`` and the builder's own default entry
     (None for the v2 builders, whose recipe does not name one: DEFAULT is then the enum's)."""
-    builder = torchvision.models.get_model_builder(tv_name)
-    default = inspect.signature(builder).parameters["weights_backbone"].default
+    default = W.builder_parameters(tv_name)["weights_backbone"].default
     if default is not None:
         return type(default), default
-    hint = typing.get_type_hints(builder)["weights_backbone"]
+    hint = typing.get_type_hints(torchvision.models.get_model_builder(tv_name))["weights_backbone"]
     return next(a for a in typing.get_args(hint) if isinstance(a, type) and issubclass(a, WeightsEnum)), None
-
-
-DETECTION_ZOO: dict[str, Callable[[ModelConfig], tuple]] = {
-    name: partial(build_zoo_detector, name)
-    for name in ("fasterrcnn_resnet50_fpn", "fasterrcnn_resnet50_fpn_v2", "fasterrcnn_mobilenet_v3_large_fpn",
-                 "fasterrcnn_mobilenet_v3_large_320_fpn", "ssd300_vgg16", "ssdlite320_mobilenet_v3_large",
-                 "retinanet_resnet50_fpn_v2", "maskrcnn_resnet50_fpn")
-}
 
 
 # ------------------------------------------------------------------------------------ assembled
@@ -255,7 +266,7 @@ class DetectorBackbone(nn.Module):
     def stage(self, name: str) -> nn.Module:
         return self.body[name]
 
-    def forward(self, x: torch.Tensor) -> "OrderedDict[str, torch.Tensor]":
+    def forward(self, x: torch.Tensor) -> OrderedDict[str, torch.Tensor]:
         feats = self.body(x)
         if self.neck is None:
             return OrderedDict([(self.last, feats[self.last])])
@@ -317,48 +328,30 @@ class DetectionHead:
     backbones: Optional[tuple[str, ...]] = None
 
 
-DETECTION_HEADS: dict[str, DetectionHead] = {
+HEADS: dict[str, DetectionHead] = {
     "fasterrcnn": DetectionHead(_fasterrcnn, necks=("fpn", "none")),
     "ssd": DetectionHead(_ssd, necks=("none",), backbones=("vgg16",)),
     "ssdlite": DetectionHead(_ssdlite, necks=("none",), backbones=("mobilenet_v3_large",)),
 }
 
 
-def build_assembled_detector(cfg: ModelConfig) -> tuple[nn.Module, Preprocess, list[str]]:
+def _check_no_aux(cfg: ModelConfig) -> None:
+    if cfg.aux_loss:
+        raise ConfigError("model.aux_loss: detectors have no auxiliary head")
+
+
+def build_assembled(cfg: ModelConfig, backbone_weights: W.Spec) -> Built:
     """``backbone`` + ``neck`` + a detection ``head`` (fasterrcnn, ssd, ssdlite)."""
-    head = DETECTION_HEADS[cfg.head]
-    if cfg.backbone not in BACKBONES:
-        raise unknown("backbone", cfg.backbone, BACKBONES, "model.backbone")
+    _check_no_aux(cfg)
+    head = HEADS[str(cfg.head)]
     if head.backbones is not None and cfg.backbone not in head.backbones:
         raise ConfigError(f"model: head '{cfg.head}' sits on backbone {', '.join(head.backbones)} only, "
                           f"not '{cfg.backbone}'")
     if cfg.neck not in head.necks:
         raise ConfigError(f"model: head '{cfg.head}' cannot sit on neck '{cfg.neck}'; "
                           f"valid necks for it: {', '.join(head.necks)}")
-    whole = W.assembled_weights(cfg.weights)
     names = detection_classes(cfg.num_classes, cfg.classes, None)
-    backbone = BACKBONES[cfg.backbone](None if whole else cfg.backbone_weights, cfg.output_stride, 0)
+    backbone = build_backbone(str(cfg.backbone), backbone_weights, cfg.output_stride, 0)
     model = head.build(backbone, cfg, len(names))
-    if whole:
-        W.load_into(model, W.read_state_dict(W.resolve("", whole, "model.weights")), whole)
     set_input_size(model, cfg.resize)
     return _train_all(model), detection_preprocess(), names
-
-
-def is_detection(cfg: ModelConfig) -> bool:
-    """Whether a ``model:`` block describes a detector."""
-    return cfg.name in DETECTION_ZOO or (cfg.name is None and cfg.head in DETECTION_HEADS)
-
-
-def build_detector(cfg: ModelConfig) -> tuple[nn.Module, Preprocess, list[str]]:
-    """A detector from its config block: (model, preprocessing, class names with background first)."""
-    if cfg.output_stride is not None and cfg.name is not None:
-        raise ConfigError("model.output_stride: zoo models keep torchvision's stride; use an assembled model")
-    if cfg.aux_loss:
-        raise ConfigError("model.aux_loss: detectors have no auxiliary head")
-    if cfg.name is not None:
-        if cfg.backbone is not None or cfg.head is not None:
-            raise ConfigError("model: give either 'name' (a zoo model) or 'backbone' + 'head', not both")
-        return DETECTION_ZOO[cfg.name](cfg)
-    return build_assembled_detector(cfg)
-

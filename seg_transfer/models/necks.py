@@ -1,5 +1,6 @@
-"""Necks: name -> builder taking the backbone's ``out_channels`` and returning a module that maps
-its feature dict to a feature dict with ``out_channels`` of its own."""
+"""Necks: name -> builder ``(in_channels, channels, output_stride)`` taking the backbone's
+``out_channels`` and returning a module that maps its feature dict to a feature dict with
+``out_channels`` of its own."""
 from __future__ import annotations
 
 from collections import OrderedDict
@@ -7,8 +8,8 @@ from typing import Callable, Optional
 
 import torch
 from torch import nn
-from torchvision.ops import FeaturePyramidNetwork
 from torchvision.models.segmentation.deeplabv3 import ASPP
+from torchvision.ops import FeaturePyramidNetwork
 
 
 class Neck(nn.Module):
@@ -18,7 +19,7 @@ class Neck(nn.Module):
         super().__init__()
         self.out_channels = dict(in_channels)
 
-    def forward(self, feats: "OrderedDict[str, torch.Tensor]") -> "OrderedDict[str, torch.Tensor]":
+    def forward(self, feats: OrderedDict[str, torch.Tensor]) -> OrderedDict[str, torch.Tensor]:
         return feats
 
 
@@ -34,6 +35,11 @@ class FPNNeck(Neck):
         return self.fpn(feats)
 
 
+def aspp_rates(output_stride: Optional[int]) -> tuple[int, int, int]:
+    """DeepLab's atrous rates: (12, 24, 36) at output stride 8, halved at 16; 32 is too coarse to dilate much."""
+    return {8: (12, 24, 36), 16: (6, 12, 18)}.get(output_stride or 32, (3, 6, 9))
+
+
 class ASPPNeck(Neck):
     """torchvision's DeepLabV3 ``ASPP`` on the last level; lower levels pass through unchanged."""
 
@@ -41,9 +47,7 @@ class ASPPNeck(Neck):
                  output_stride: Optional[int] = None) -> None:
         super().__init__(in_channels)
         self.last = list(in_channels)[-1]
-        # DeepLab's rates: (12, 24, 36) at output stride 8, halved at 16; 32 is too coarse to dilate much.
-        rates = {8: (12, 24, 36), 16: (6, 12, 18)}.get(output_stride or 32, (3, 6, 9))
-        self.aspp = ASPP(in_channels[self.last], list(rates), channels)
+        self.aspp = ASPP(in_channels[self.last], list(aspp_rates(output_stride)), channels)
         self.out_channels[self.last] = channels
 
     def forward(self, feats):
@@ -52,9 +56,17 @@ class ASPPNeck(Neck):
         return out
 
 
-NeckBuilder = Callable[..., Neck]
-NECKS: dict[str, NeckBuilder] = {
-    "none": lambda in_channels, channels=256, output_stride=None: Neck(in_channels),
-    "fpn": lambda in_channels, channels=256, output_stride=None: FPNNeck(in_channels, channels),
-    "aspp": lambda in_channels, channels=256, output_stride=None: ASPPNeck(in_channels, channels, output_stride),
-}
+def identity_neck(in_channels: dict[str, int], channels: int = 256, output_stride: Optional[int] = None) -> Neck:
+    return Neck(in_channels)
+
+
+def fpn_neck(in_channels: dict[str, int], channels: int = 256, output_stride: Optional[int] = None) -> Neck:
+    return FPNNeck(in_channels, channels)
+
+
+def aspp_neck(in_channels: dict[str, int], channels: int = 256, output_stride: Optional[int] = None) -> Neck:
+    return ASPPNeck(in_channels, channels, output_stride)
+
+
+NeckBuilder = Callable[[dict[str, int], int, Optional[int]], Neck]
+NECKS: dict[str, NeckBuilder] = {"none": identity_neck, "fpn": fpn_neck, "aspp": aspp_neck}

@@ -25,7 +25,7 @@ class Preprocess:
     crop_size: Optional[int] = None  # centre crop after resizing (classification presets); None: no crop
 
     @classmethod
-    def from_transforms(cls, transforms: Any, resize_size: Optional[int] = None) -> "Preprocess":
+    def from_transforms(cls, transforms: Any, resize_size: Optional[int] = None) -> Preprocess:
         """Read a torchvision preset (``weights.transforms()``); ``resize_size``: None keeps the
         preset's, 0 disables resizing, N resizes the shorter side to N."""
         preset_size = getattr(transforms, "resize_size", None)
@@ -54,5 +54,5 @@ class Preprocess:
         return {**asdict(self), "mean": list(self.mean), "std": list(self.std)}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "Preprocess":
+    def from_dict(cls, data: dict[str, Any]) -> Preprocess:
         return cls(**{**data, "mean": tuple(data["mean"]), "std": tuple(data["std"])})

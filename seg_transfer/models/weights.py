@@ -15,7 +15,7 @@ import shutil
 import urllib.error
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Optional, Union
+from typing import Any, Iterable, Mapping, Optional, Union
 
 import torch
 import torchvision
@@ -82,11 +82,16 @@ def resolve(model: str, spec: Spec, key: str = "weights",
         raise unknown(f"weights for {model}", spec, ["DEFAULT", *enum.__members__], key) from None
 
 
+def builder_parameters(model: str) -> Mapping[str, inspect.Parameter]:
+    """The keyword parameters of torchvision builder ``model`` (``weights_backbone``, ``aux_loss``...)."""
+    return inspect.signature(torchvision.models.get_model_builder(model)).parameters
+
+
 def official_arch_kwargs(model: str, weights: Optional[WeightsEnum] = None) -> dict[str, Any]:
     """Builder kwargs giving the architecture that ``weights`` (default: DEFAULT) were saved from."""
     weights = weights or weights_enum(model).DEFAULT
     kwargs: dict[str, Any] = {"num_classes": len(weights.meta["categories"])}
-    if "aux_loss" in inspect.signature(torchvision.models.get_model_builder(model)).parameters:
+    if "aux_loss" in builder_parameters(model):
         kwargs["aux_loss"] = True  # torchvision's segmentation checkpoints all carry the aux head
     return kwargs
 
@@ -192,11 +197,34 @@ def build_torchvision(model: str, spec: Spec, key: str = "weights", **kwargs: An
     return net, resolved
 
 
+def enum_or_default(model: str, resolved: Resolved) -> WeightsEnum:
+    """``resolved`` if it is an enum member, else builder ``model``'s DEFAULT weights: random or local
+    weights preprocess (and name classes) like the family's DEFAULT ones, so a model started from random
+    values and one started from ImageNet see inputs the same way."""
+    return resolved if isinstance(resolved, WeightsEnum) else weights_enum(model).DEFAULT
+
+
 def categories(weights: Resolved) -> Optional[list[str]]:
     """Class names from an enum's ``meta['categories']``."""
     if isinstance(weights, WeightsEnum):
         return list(weights.meta["categories"])
     return None
+
+
+def class_names(num_classes: Optional[int], classes: Optional[list[str]],
+                default: Optional[list[str]]) -> list[str]:
+    """The class names of a ``model:`` block: ``classes``, else ``default`` (the weights' categories)
+    when the count agrees, else ``class_0..``."""
+    if classes is not None:
+        if num_classes is not None and num_classes != len(classes):
+            raise ConfigError(f"model.classes: {len(classes)} names given but model.num_classes is {num_classes}")
+        return list(classes)
+    if num_classes is None and default is None:
+        raise ConfigError("model.num_classes: required (or give model.classes) for an assembled model")
+    if default is not None and (num_classes is None or num_classes == len(default)):
+        return list(default)
+    assert num_classes is not None
+    return [f"class_{i}" for i in range(num_classes)]
 
 
 # ---------------------------------------------------------------- cache management (CLI `weights`)

@@ -2,14 +2,17 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 from PIL import Image
 
+from seg_transfer.data import DataSplits, build_folder
+
 H, W = 32, 48
 CLASSES = ["background", "road", "car"]
 BLOCK = 8
+FLAT = [f"f{k}" for k in range(6)]  # the names of the flat folder tree most data tests start from
 
 
 def pair(seed: int, num_classes: int = len(CLASSES), h: int = H, w: int = W) -> tuple[np.ndarray, np.ndarray]:
@@ -50,3 +53,8 @@ def make_folder(root: Path, names: Sequence[str], images: str = "images", masks:
 def sequence_names(groups: dict[str, int]) -> list[str]:
     """CamVid-like names: {'0001TP': 2} -> ['0001TP_000000', '0001TP_000030']."""
     return [f"{g}_{30 * i:06d}" for g, n in groups.items() for i in range(n)]
+
+
+def folder(root: Path, **options: Any) -> DataSplits:
+    """``build_folder`` over a ``make_folder(root, FLAT)`` tree: the test classes, half the images in val."""
+    return build_folder(root, classes=CLASSES, val_ratio=0.5, **options)

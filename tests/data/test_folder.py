@@ -1,13 +1,13 @@
-"""The folder format: pairing by name, raw items, label_map, splits, and the registry's data block."""
+"""The folder format: pairing by name, raw items, label_map, splits, and what stops construction."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from seg_transfer.data import DATASETS, DataError, SegDataset, build_dataset, build_folder
+from seg_transfer.data import DataError, SegDataset, build_folder
 from seg_transfer.errors import ConfigError
 
-from . import CLASSES, H, W, make_folder, pair, save, sequence_names
+from . import CLASSES, FLAT, H, W, folder, make_folder, pair, save, sequence_names
 
 NAMES = sequence_names({"seqA": 3, "seqB": 3, "seqC": 4})
 
@@ -16,12 +16,6 @@ NAMES = sequence_names({"seqA": 3, "seqB": 3, "seqC": 4})
 def root(tmp_path):
     make_folder(tmp_path, NAMES, images="train", masks="trainannot")
     return tmp_path
-
-
-def test_registry_has_every_task_s_formats():
-    assert {"folder", "voc", "coco"} <= set(DATASETS)  # segmentation
-    assert {"voc_boxes", "coco_boxes", "instance_masks"} <= set(DATASETS)  # detection
-    assert "imagefolder" in DATASETS  # classification
 
 
 def test_items_are_raw_uint8_images_and_int64_masks_matching_the_files(root):
@@ -83,13 +77,28 @@ def test_bad_class_options_are_config_errors(root):
         build_folder(root, images="train", masks="trainannot", classes=CLASSES, label_map={"a": 1})
 
 
-def test_build_dataset_maps_a_data_block_and_refuses_typos(root):
-    block = {"format": "folder", "root": str(root), "images": "train", "masks": "trainannot",
-             "classes": CLASSES, "group_regex": r"^(\w+?)_", "val_groups": ["seqA"]}
-    assert len(build_dataset(block).val) == 3
-    with pytest.raises(ConfigError, match=r"unknown key 'data.val_group' \(did you mean 'data.val_groups'\?\)"):
-        build_dataset({**block, "val_group": ["seqA"]})
-    with pytest.raises(ConfigError, match=r"unknown format 'folders' \(did you mean 'folder'\?\)"):
-        build_dataset({**block, "format": "folders"})
-    with pytest.raises(ConfigError, match="format folder needs classes"):
-        build_dataset({k: v for k, v in block.items() if k != "classes"})
+# ------------------------------------------------------------------------- what stops construction
+@pytest.fixture
+def flat(tmp_path):
+    make_folder(tmp_path, FLAT)
+    return tmp_path
+
+
+def test_missing_mask_fails_at_construction_naming_the_image(flat):
+    (flat / "masks" / "f2.png").unlink()
+    (flat / "masks" / "f3.png").unlink()
+    with pytest.raises(DataError, match=(rf"^image {flat / 'images' / 'f2.png'}: missing mask "
+                                         rf"{flat / 'masks' / 'f2.png'} .* \(and 1 more; the data check")):
+        folder(flat)
+
+
+def test_jpeg_mask_fails_at_construction(flat):
+    (flat / "masks" / "f2.png").unlink()
+    save(flat / "masks" / "f2.jpg", pair(2)[1])
+    with pytest.raises(DataError, match=r"mask .*f2.jpg is a JPEG: lossy compression"):
+        folder(flat)
+
+
+def test_empty_split_fails_at_construction(flat):
+    with pytest.raises(DataError, match=r"the val split is empty \(6 train, 0 val images\)"):
+        folder(flat, group_regex=r"^(f)")  # one group only: nothing left for val

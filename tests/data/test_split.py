@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from seg_transfer.data.checks import DataError
-from seg_transfer.data.split import split_names, stem
+from seg_transfer.data.problems import DataError
+from seg_transfer.data.split import split_names
 from seg_transfer.errors import ConfigError
 
 from . import sequence_names
@@ -83,9 +83,3 @@ def test_list_split_reports_unknown_names_and_missing_files(tmp_path):
         split_names(NAMES, val_list="val.txt", root=tmp_path)
     with pytest.raises(DataError, match=r"list file .*nope.txt: no such file"):
         split_names(NAMES, val_list="nope.txt", root=tmp_path)
-
-
-def test_stem_strips_image_extensions_and_folders_only():
-    assert stem("/a/b/0001TP_006690.png") == "0001TP_006690"
-    assert stem("2007_000032") == "2007_000032"
-    assert stem("x.v2.JPG") == "x.v2"

@@ -12,13 +12,13 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from seg_transfer.data.transforms import SegCollate, SegTransform, build_pipeline
-from seg_transfer.engine.cache import (CachedFeatureDataset, FeatureCache, can_cache, collate_features,
-                                       estimate_bytes)
+from seg_transfer import create_model
+from seg_transfer.data.segmentation import SegCollate, SegTransform
+from seg_transfer.data.transforms import build_pipeline
+from seg_transfer.engine.cache import CachedFeatureDataset, FeatureCache, can_cache, collate_features, estimate_bytes
 from seg_transfer.engine.distributed import EpochSeeded, item_seed
 from seg_transfer.engine.split_forward import decode, encode, eval_mode
 from seg_transfer.errors import ConfigError
-from seg_transfer.models import create_model
 from seg_transfer.transfer import apply_freeze
 
 SIZE = 64

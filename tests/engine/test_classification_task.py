@@ -10,9 +10,9 @@ import torch
 import torch.nn.functional as F
 
 from engine.synthetic_classes import make_classes
-from seg_transfer.config import from_dict, Config
+from seg_transfer.config import Config, from_dict
 from seg_transfer.engine.evaluate import evaluate_checkpoint
-from seg_transfer.engine.tasks.classification import ClassificationMeter, classification_metrics
+from seg_transfer.engine.metrics import ClassificationMeter, classification_metrics
 from seg_transfer.engine.trainer import Trainer
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
@@ -143,8 +143,9 @@ def test_class_aware_init_from_imagenet_names(tmp_path, standin, one_thread):
 def test_shipped_hymenoptera_configs_set_up(config, standin, tmp_path, monkeypatch, one_thread):
     """The shipped configs on the real folder (stand-in weights): GIF skipped, 20% of each class held
     out, the freeze and class-aware init they promise. Training itself is left to the benchmark."""
-    from conftest import SHARED
     from seg_transfer.config import load_config
+
+    from conftest import SHARED
 
     repo = __import__("pathlib").Path(__file__).resolve().parents[2]
     if not (SHARED / "data/hymenoptera/train").is_dir():
@@ -165,7 +166,8 @@ def test_shipped_hymenoptera_configs_set_up(config, standin, tmp_path, monkeypat
 
 
 def test_gradual_unfreezing(tmp_path, one_thread):
-    cfg = _config(make_classes(tmp_path / "data", n=8, size=32), tmp_path, freeze={"strategy": "feature_extraction", "schedule": {1: "layer4"}},
+    cfg = _config(make_classes(tmp_path / "data", n=8, size=32), tmp_path,
+                  freeze={"strategy": "feature_extraction", "schedule": {1: "layer4"}},
                   train={"epochs": 2, "backbone_lr_mult": 0.1}, output={"num_predictions": 0})
     trainer = Trainer(cfg, progress=False, log=lambda _: None)
     assert not trainer.cached  # the schedule unfreezes: no cache

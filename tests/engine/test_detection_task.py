@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from seg_transfer.config import Config, from_dict
-from seg_transfer.data.box_transforms import BoxTransform, build_box_pipeline, build_box_transforms, detection_collate
-from seg_transfer.engine.detection_metrics import CocoMeter
+from seg_transfer.data.detection import BoxTransform, build_box_pipeline, build_box_transforms, detection_collate
+from seg_transfer.engine.metrics import CocoMeter
 from seg_transfer.engine.trainer import Trainer
 
 from .synthetic_boxes import CLASSES, config, make_voc_boxes

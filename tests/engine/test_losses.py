@@ -7,8 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from seg_transfer.engine.losses import (LOSSES, SegmentationCriterion, WeightedSum, build_loss,
-                                        class_weights_from_counts)
+from seg_transfer.engine.losses import LOSSES, SegmentationCriterion, WeightedSum, build_loss, class_weights_from_counts
 from seg_transfer.errors import ConfigError
 
 C, IGNORE = 4, 255

@@ -9,8 +9,14 @@ import pytest
 import torch
 from torch import nn
 
-from seg_transfer.engine.optim import (FactorLR, add_param_group, autocast_settings, build_optimizer,
-                                       build_scheduler, grad_scaler)
+from seg_transfer.engine.optim import (
+    FactorLR,
+    add_param_group,
+    autocast_settings,
+    build_optimizer,
+    build_scheduler,
+    grad_scaler,
+)
 from seg_transfer.errors import ConfigError
 
 LR = 0.1

@@ -15,7 +15,7 @@ from PIL import Image
 from seg_transfer.engine import plots
 from seg_transfer.engine.metrics import ConfusionMatrix
 from seg_transfer.errors import ConfigError
-from seg_transfer.predict import palette
+from seg_transfer.viz import palette
 
 VOC = ["background", "aeroplane", "bicycle", "bird", "boat", "bottle"]
 

@@ -7,7 +7,8 @@ from torch import nn
 from seg_transfer.config import Config, from_dict
 from seg_transfer.engine.precise_bn import recompute_bn_stats, trainable_bn
 from seg_transfer.engine.trainer import Trainer
-from seg_transfer.transfer import apply_freeze, stage_modules
+from seg_transfer.models.stages import stage_modules
+from seg_transfer.transfer import apply_freeze
 
 from .synthetic import config, make_dataset
 

@@ -6,11 +6,12 @@ import pytest
 import torch
 from torch import nn
 
+from seg_transfer import create_model
 from seg_transfer.engine.split_forward import Decoder, can_split, decode, encode, eval_mode, used_features
-from seg_transfer.models import create_model
 from seg_transfer.models.backbones import BACKBONES
-from seg_transfer.models.build import HEAD_NECKS
-from seg_transfer.models.zoo import ZOO
+from seg_transfer.models.segmentation import HEADS, ZOO
+
+HEAD_NECKS = {name: head.necks for name, head in HEADS.items()}
 
 # Every head on every neck it allows, on the cheapest ResNet; every head on its first neck on a MobileNet.
 ASSEMBLED = ([("resnet18", n, h) for h in sorted(HEAD_NECKS) for n in HEAD_NECKS[h]]

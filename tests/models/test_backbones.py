@@ -8,7 +8,7 @@ import torch
 import torchvision
 
 from seg_transfer.errors import ConfigError
-from seg_transfer.models.backbones import BACKBONES
+from seg_transfer.models.backbones import BACKBONES, build_backbone
 
 OUT_STAGES = ["layer1", "layer2", "layer3", "layer4"]
 DEFAULT_STRIDES = {"layer1": 4, "layer2": 8, "layer3": 16, "layer4": 32}
@@ -28,7 +28,7 @@ def name(request) -> str:
 @pytest.fixture(scope="module")
 def backbone(name):
     """Each registered backbone with random weights, built once for this module."""
-    return BACKBONES[name](None)
+    return build_backbone(name, None)
 
 
 def check_features(backbone, strides: dict[str, int]) -> None:
@@ -72,7 +72,7 @@ def test_preprocess_follows_default_weights(name, backbone):
 def test_output_stride_dilates_or_is_refused(name, output_stride):
     """Every backbone either dilates to the requested stride or refuses it as a ConfigError."""
     try:
-        backbone = BACKBONES[name](None, output_stride)
+        backbone = build_backbone(name, None, output_stride)
     except ConfigError as err:
         assert "model.output_stride" in str(err) and str(output_stride) in str(err)
         return
@@ -81,10 +81,10 @@ def test_output_stride_dilates_or_is_refused(name, output_stride):
 
 @pytest.mark.parametrize("name, output_stride", [("resnet50", 8), ("resnet50", 16), ("mobilenet_v3_large", 16)])
 def test_dilation_supported(name, output_stride):
-    assert BACKBONES[name](None, output_stride).strides == DILATED_STRIDES[output_stride]
+    assert build_backbone(name, None, output_stride).strides == DILATED_STRIDES[output_stride]
 
 
 @pytest.mark.parametrize("name, output_stride", [("vgg16", 8), ("mobilenet_v3_large", 8), ("resnet18", 16)])
 def test_unsupported_output_stride(name, output_stride):
     with pytest.raises(ConfigError, match=r"model\.output_stride.*" + name):
-        BACKBONES[name](None, output_stride)
+        build_backbone(name, None, output_stride)

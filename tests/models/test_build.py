@@ -5,13 +5,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from seg_transfer import create_model
 from seg_transfer.errors import ConfigError, WeightsUnavailableError
-from seg_transfer.models import create_model
 from seg_transfer.models.backbones import BACKBONES
-from seg_transfer.models.build import HEAD_NECKS
-from seg_transfer.models.heads import HEADS
 from seg_transfer.models.necks import NECKS
-from seg_transfer.models.zoo import ZOO
+from seg_transfer.models.segmentation import HEADS, ZOO
+
+HEAD_NECKS = {name: head.necks for name, head in HEADS.items()}
 
 VALID = [(b, n, h) for b in sorted(BACKBONES) for h in sorted(HEAD_NECKS) for n in HEAD_NECKS[h]]
 INVALID = [(n, h) for h in sorted(HEADS) for n in sorted(NECKS) if n not in HEAD_NECKS[h]]

@@ -6,13 +6,14 @@ import pytest
 import torch
 from torch import nn
 
-from seg_transfer.errors import ConfigError
 from seg_transfer.engine.split_forward import decode, encode
+from seg_transfer.errors import ConfigError
 from seg_transfer.models.backbones import BACKBONES
 from seg_transfer.models.build import build_model
 from seg_transfer.models.checkpoint import load_checkpoint, save_checkpoint
-from seg_transfer.models.classification import INCEPTION_STAGES, ZOO_CLASSIFIERS
-from seg_transfer.transfer import apply_freeze, freeze_counts, stage_modules
+from seg_transfer.models.classification import ZOO as ZOO_CLASSIFIERS
+from seg_transfer.models.stages import INCEPTION_STAGES, stage_modules
+from seg_transfer.transfer import apply_freeze, freeze_counts
 
 # FutureWarning: Inception's init_weights default
 pytestmark = [pytest.mark.filterwarnings("ignore::FutureWarning"), pytest.mark.usefixtures("one_thread")]

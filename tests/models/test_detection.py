@@ -9,12 +9,13 @@ import torch
 import torchvision
 from torch import nn
 
+from seg_transfer import create_model
 from seg_transfer.errors import ConfigError, WeightsUnavailableError
-from seg_transfer.models import create_model
-from seg_transfer.models.backbones import BACKBONES
+from seg_transfer.models.backbones import BACKBONES, build_backbone
 from seg_transfer.models.build import model_names, torchvision_builders
-from seg_transfer.models.detection import (BACKGROUND, DETECTION_HEADS, DETECTION_ZOO, class_tensors,
-                                           detection_classes)
+from seg_transfer.models.detection import BACKGROUND, class_tensors, detection_classes
+from seg_transfer.models.detection import HEADS as DETECTION_HEADS
+from seg_transfer.models.detection import ZOO as DETECTION_ZOO
 
 # SSD300-VGG16 runs a full VGG16 at 300x300: about 25 s on a shared CPU.
 SLOW = pytest.mark.slow
@@ -98,13 +99,13 @@ def test_assembled_train_and_eval(backbone, neck, head, one_thread):
     # Channels come from the backbone: a pyramid of neck_channels, or the last stage's own width.
     if head == "fasterrcnn":
         widths = {"fpn": 256, "none": None}
-        assert model.backbone.out_channels == (widths[neck] or BACKBONES[backbone](None).out_channels["layer4"])
+        assert model.backbone.out_channels == (widths[neck] or build_backbone(backbone, None).out_channels["layer4"])
     run_both_modes(model)
 
 
 def test_registries_listed_for_the_cli_and_weights():
     names = model_names()
-    assert names["detectors"] == sorted(DETECTION_ZOO) and names["detection_heads"] == sorted(DETECTION_HEADS)
+    assert names["detection_zoo"] == sorted(DETECTION_ZOO) and names["detection_heads"] == sorted(DETECTION_HEADS)
     assert set(DETECTION_ZOO) <= set(torchvision_builders())  # `seg-transfer weights fetch ssd300_vgg16`
 
 

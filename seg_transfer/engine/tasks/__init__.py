@@ -4,7 +4,8 @@ from __future__ import annotations
 from typing import Callable
 
 from ...errors import unknown
-from .base import Meter, Task
+from ..metrics import Meter
+from .base import Task
 from .classification import ClassificationTask
 from .detection import DetectionTask
 from .segmentation import SegmentationTask

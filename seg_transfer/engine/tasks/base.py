@@ -13,19 +13,7 @@ from typing import Any, Callable, Optional
 import torch
 from torch import nn
 
-
-class Meter:
-    """Accumulates one evaluation pass: ``update`` per batch, ``reduce`` across ranks, ``compute`` once."""
-
-    def update(self, outputs: Any, targets: Any) -> None:  # pragma: no cover - interface
-        raise NotImplementedError
-
-    def reduce(self) -> "Meter":
-        """Sum the state over ranks (no-op unless torch.distributed is initialised)."""
-        return self
-
-    def compute(self) -> dict[str, Any]:  # pragma: no cover - interface
-        raise NotImplementedError
+from ..metrics import Meter
 
 
 class Task:

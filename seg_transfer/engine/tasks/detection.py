@@ -14,10 +14,11 @@ import torch
 from torch import nn
 
 from ...config import Config, to_dict
-from ...data.box_transforms import build_box_transforms, detection_collate
+from ...data.detection import build_box_transforms, detection_collate
 from ...errors import SegTransferError
-from ..detection_metrics import STATS, CocoMeter
-from .base import Meter, Task
+from ..metrics import STATS, CocoMeter, Meter
+from ..plots import plot_detections
+from .base import Task
 
 SCORE_THRESHOLD = 0.5  # boxes drawn in predictions.png
 
@@ -58,9 +59,6 @@ class DetectionTask(Task):
     def meter(self) -> CocoMeter:
         return CocoMeter(len(self.classes), masks=self.masks)
 
-    def row(self, metrics: dict[str, Any]) -> dict[str, float]:
-        return {k: float(metrics[k]) for k in self.fields}
-
     def summary(self, metrics: dict[str, Any]) -> str:
         text = f"AP {metrics['ap']:.4f}  AP50 {metrics['ap50']:.4f}"
         return text + (f"  mask AP {metrics['mask_ap']:.4f}" if self.masks else "")
@@ -71,8 +69,6 @@ class DetectionTask(Task):
                         in zip(self.classes[1:], metrics["ap_per_class"], metrics["ap50_per_class"])]
 
     def plot_predictions(self, model: nn.Module, dataset: Any, n: int, device: torch.device, path: Path) -> None:
-        from ..detection_plots import plot_detections
-
         plot_detections(model, dataset, n, device, self.classes, path, SCORE_THRESHOLD)
 
     def write_report(self, metrics: dict[str, Any], meter: Meter, out_dir: Path) -> dict[str, Any]:

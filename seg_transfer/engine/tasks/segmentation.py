@@ -1,40 +1,25 @@
-"""Semantic segmentation: per-pixel losses, the confusion-matrix metrics (mIoU), mask plots."""
+"""Semantic segmentation glue: per-pixel losses, the confusion-matrix meter (mIoU), mask plots."""
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any, Optional
 
-import numpy as np
 import torch
 from torch import nn
 
 from ...config import Config, to_dict
 from ...data.checks import label_frequencies
-from ...data.transforms import SegCollate, build_transforms
+from ...data.segmentation import SegCollate, build_transforms
 from ..losses import SegmentationCriterion, build_loss
-from ..metrics import ConfusionMatrix
-from .base import Meter, Task
-
-
-class ConfusionMeter(Meter):
-    def __init__(self, num_classes: int, ignore_index: int) -> None:
-        self.matrix = ConfusionMatrix(num_classes, ignore_index)
-
-    def update(self, outputs: dict[str, torch.Tensor], targets: torch.Tensor) -> None:
-        self.matrix.update(outputs["out"].argmax(1), targets)
-
-    def reduce(self) -> "ConfusionMeter":
-        self.matrix.reduce()
-        return self
-
-    def compute(self) -> dict[str, Any]:
-        return self.matrix.compute()
+from ..metrics import Meter, SegmentationMeter
+from ..plots import confusion_report, plot_predictions, sample_predictions
+from ..split_forward import decode
+from .base import Task
 
 
 def segmentation_forward(model: nn.Module, inputs: Any, size: Any, cached: bool) -> dict[str, torch.Tensor]:
     """The model on images, or its neck and head on cached backbone features."""
     if cached:
-        from ..split_forward import decode
         return decode(model, inputs, size)
     return model(inputs)
 
@@ -68,8 +53,8 @@ class SegmentationTask(Task):
         meter.update(out, targets)
         return self.criterion({k: v.float() for k, v in out.items()}, targets)
 
-    def meter(self) -> ConfusionMeter:
-        return ConfusionMeter(len(self.classes), self.ignore_index)
+    def meter(self) -> SegmentationMeter:
+        return SegmentationMeter(len(self.classes), self.ignore_index)
 
     def row(self, metrics: dict[str, Any]) -> dict[str, float]:
         return {"miou": float(metrics["miou"]), "pixel_acc": float(metrics["pixel_accuracy"]),
@@ -84,31 +69,11 @@ class SegmentationTask(Task):
         return lines + [f"  {name:<20} IoU {float(iou):.4f}" for name, iou in zip(self.classes, metrics["iou"])]
 
     def plot_predictions(self, model: nn.Module, dataset: Any, n: int, device: torch.device, path: Path) -> None:
-        from ..plots import plot_predictions
-
-        images, targets, preds = sample_predictions(model, dataset, n, device)
-        plot_predictions(images, targets, preds, self.classes, path, ignore_index=self.ignore_index)
+        images, targets, preds = sample_predictions(model, dataset, range(min(n, len(dataset))), device,
+                                                    lambda out: out["out"].argmax(1)[0].cpu().numpy())
+        plot_predictions(images, [t.numpy() for t in targets], preds, self.classes, path,
+                         ignore_index=self.ignore_index)
 
     def write_report(self, metrics: dict[str, Any], meter: Meter, out_dir: Path) -> dict[str, Any]:
-        from ..plots import plot_confusion
-
-        mat = meter.matrix.mat
-        plot_confusion(mat.cpu().numpy(), self.classes, out_dir / "confusion.png")
-        return {"confusion": mat.tolist(), "files": ["confusion.png"]}
-
-
-@torch.inference_mode()
-def sample_predictions(model: nn.Module, dataset: Any, n: int, device: torch.device
-                       ) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
-    """The first ``n`` val items as (uint8 image, target, prediction) arrays for predictions.png."""
-    model.eval()
-    norm = model.info.preprocess
-    mean, std = torch.tensor(norm.mean).view(3, 1, 1), torch.tensor(norm.std).view(3, 1, 1)
-    images, targets, preds = [], [], []
-    for i in range(min(n, len(dataset))):
-        image, mask = dataset[i]
-        pred = model(image[None].to(device))["out"].argmax(1)[0].cpu()
-        images.append(((image * std + mean).clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy())
-        targets.append(mask.numpy())
-        preds.append(pred.numpy())
-    return images, targets, preds
+        assert isinstance(meter, SegmentationMeter)
+        return confusion_report(meter.matrix.mat, self.classes, out_dir)

@@ -13,9 +13,10 @@ import torchvision
 from PIL import Image
 from torchvision.io import read_image
 
-from conftest import shared_image
 from seg_transfer import Predictor
 from seg_transfer.cli import main
+
+from conftest import shared_image
 
 # The recipe decodes with torchvision.io, deprecated in 0.29 in favour of TorchCodec; it is still the recipe.
 pytestmark = pytest.mark.filterwarnings("ignore:The image decoding:DeprecationWarning")

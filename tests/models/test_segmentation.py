@@ -9,9 +9,9 @@ import torch
 import torchvision
 from torch import nn
 
+from seg_transfer import create_model
 from seg_transfer.errors import ConfigError
-from seg_transfer.models import create_model
-from seg_transfer.models.zoo import ZOO
+from seg_transfer.models.segmentation import ZOO
 
 NAMES = sorted(ZOO)
 

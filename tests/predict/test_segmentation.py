@@ -7,7 +7,6 @@ checks below meaningful (an uncalibrated random model paints every pixel one cla
 from __future__ import annotations
 
 import json
-import pickle
 
 import numpy as np
 import pytest
@@ -15,12 +14,14 @@ import torch
 from PIL import Image, ImageOps
 from torch import nn
 
-from conftest import shared_image
+from seg_transfer import create_model
 from seg_transfer.errors import BadInputError, ConfigError
-from seg_transfer.io import read_image
-from seg_transfer.models import create_model
+from seg_transfer.io import read_image, resolve_device
 from seg_transfer.models.checkpoint import FORMAT, load_checkpoint, save_checkpoint
-from seg_transfer.predict import Predictor, SegmentationResult, palette, resolve_device
+from seg_transfer.predict import Predictor, SegmentationResult
+from seg_transfer.viz import palette
+
+from conftest import shared_image
 
 MODEL = "lraspp_mobilenet_v3_large"
 RESIZE = 64

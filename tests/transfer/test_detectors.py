@@ -6,13 +6,14 @@ import pytest
 import torch
 import torchvision
 
-from seg_transfer.backbone_transfer import stage_layers
+from seg_transfer import create_model
 from seg_transfer.errors import ConfigError
-from seg_transfer.models import create_model
-from seg_transfer.models.backbones import STAGES
 from seg_transfer.models.checkpoint import load_checkpoint, save_checkpoint
-from seg_transfer.models.detection import DETECTION_ZOO, class_tensors
-from seg_transfer.transfer import apply_freeze, class_aware_init, freeze_counts, param_groups, stage_modules, unfreeze
+from seg_transfer.models.detection import ZOO as DETECTION_ZOO
+from seg_transfer.models.detection import class_tensors
+from seg_transfer.models.stages import STAGES, stage_modules
+from seg_transfer.transfer import apply_freeze, class_aware_init, freeze_counts, param_groups, unfreeze
+from seg_transfer.transfer.backbone import stage_layers
 
 DETECTORS = [pytest.param(n, marks=pytest.mark.slow) if n == "ssd300_vgg16" else n for n in sorted(DETECTION_ZOO)] + [
     dict(backbone="resnet18", neck="fpn", head="fasterrcnn"), dict(backbone="vgg16", neck="none", head="fasterrcnn"),

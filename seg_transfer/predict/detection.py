@@ -5,30 +5,20 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass, replace
-from functools import lru_cache
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
+from torch import nn
 
-from .errors import ConfigError, unknown
-from .io import ImageInput, read_image, save_image, save_text
+from ..errors import ConfigError, unknown
+from ..io import ImageInput, image_name, read_image, save_image, save_text
+from ..models.preprocess import Preprocess
+from ..viz import draw_boxes
 
 DEFAULT_SCORE_THRESHOLD = 0.5
-MASK_THRESHOLD = 0.5  # torchvision's Mask R-CNN masks are per-pixel probabilities
-
-
-@lru_cache(maxsize=1)
-def _font() -> Optional[str]:
-    """A TrueType font so labels scale with the image (matplotlib's bundled DejaVu Sans); None: PIL's bitmap font."""
-    try:
-        from matplotlib import font_manager
-        return font_manager.findfont("DejaVu Sans", fallback_to_default=True)
-    except Exception:  # matplotlib missing or broken: small labels are still labels
-        return None
 
 
 @dataclass
@@ -58,7 +48,7 @@ class DetectionResult:
             raise unknown("class", name, self.classes, "--class")
         return self.classes.index(name)
 
-    def only(self, classes: Sequence[str]) -> "DetectionResult":
+    def only(self, classes: Sequence[str]) -> DetectionResult:
         """The detections of the named classes only (all of them when ``classes`` is empty)."""
         if not classes:
             return self
@@ -90,20 +80,7 @@ class DetectionResult:
 
     def boxes_image(self) -> Image.Image:
         """The image with instance masks (if any) overlaid and each box drawn with 'class score'."""
-        from .predict import palette  # predict.py imports this module
-
-        colours = [tuple(int(c) for c in palette()[int(i) % 256]) for i in self.labels]
-        # VOC's colour 0 is black: the background never has boxes, so every box is coloured.
-        canvas = self.image
-        if self.masks is not None and len(self):
-            canvas = draw_segmentation_masks(canvas, self.masks > MASK_THRESHOLD, alpha=0.5, colors=colours)
-        if len(self):
-            size = max(12, min(canvas.shape[-2:]) // 40)
-            font = _font()
-            canvas = draw_bounding_boxes(
-                canvas, self.boxes, labels=[f"{n} {float(s):.2f}" for n, s in zip(self.label_names, self.scores)],
-                colors=colours, width=max(2, size // 6), font=font, font_size=size if font else None,
-                label_colors="white", fill_labels=True)
+        canvas = draw_boxes(self.image, self.boxes, self.labels, self.classes, self.scores, self.masks)
         return Image.fromarray(canvas.permute(1, 2, 0).numpy())
 
     def save(self, out_dir: Union[str, os.PathLike], classes: Sequence[str] = (), json_report: bool = False,
@@ -119,16 +96,16 @@ class DetectionResult:
 
 
 @torch.inference_mode()
-def predict_detection(predictor: Any, image: ImageInput, score_threshold: float = DEFAULT_SCORE_THRESHOLD,
-                      classes: Sequence[str] = ()) -> DetectionResult:
+def predict(model: nn.Module, preprocess: Preprocess, image: ImageInput,
+            score_threshold: float = DEFAULT_SCORE_THRESHOLD, classes: Sequence[str] = ()) -> DetectionResult:
     """torchvision's recipe, ``model([weights.transforms()(img)])[0]``, keeping boxes scoring at least
     ``score_threshold`` (and, with ``classes``, of those classes only)."""
     if isinstance(score_threshold, bool) or not isinstance(score_threshold, (int, float)) \
             or not 0.0 <= score_threshold <= 1.0:
         raise ConfigError(f"--score-threshold: expected a number from 0 to 1, got {score_threshold!r}")
     rgb = read_image(image)
-    x = predictor.preprocess(rgb).to(predictor.device)
-    out = {k: v.cpu() for k, v in predictor.model([x])[0].items()}
+    x = preprocess(rgb).to(next(model.parameters()).device)
+    out = {k: v.cpu() for k, v in model([x])[0].items()}
     boxes, masks = out["boxes"].float(), out.get("masks")
     if x.shape[-2:] != rgb.shape[-2:]:  # a preprocessing resize (--resize): back to input pixels
         sy, sx = rgb.shape[-2] / x.shape[-2], rgb.shape[-1] / x.shape[-1]
@@ -136,8 +113,7 @@ def predict_detection(predictor: Any, image: ImageInput, score_threshold: float 
         if masks is not None and len(masks):
             masks = F.interpolate(masks.float(), size=rgb.shape[-2:], mode="bilinear", align_corners=False)
     keep = out["scores"] >= score_threshold
-    name = Path(image).stem if isinstance(image, (str, os.PathLike)) else "image"
     result = DetectionResult(image=rgb, boxes=boxes[keep], labels=out["labels"][keep], scores=out["scores"][keep],
-                             classes=list(predictor.classes), masks=None if masks is None else masks[keep][:, 0],
-                             name=name, score_threshold=float(score_threshold))
+                             classes=list(model.info.classes), masks=None if masks is None else masks[keep][:, 0],
+                             name=image_name(image), score_threshold=float(score_threshold))
     return result.only(classes)

@@ -4,7 +4,7 @@ into a detector, a detector's into a classifier...), matched stage by stage rath
 Tensor names differ between tasks (``backbone.0.block...`` in torchvision's LR-ASPP,
 ``backbone.body.0.block...`` in its Faster R-CNN, ``backbone.features.0.0...`` in SSDlite,
 ``backbone.body.layer1...`` in assembled models), but both models split into the same stages
-``stem, layer1..layer4`` (``transfer.stage_modules``). The layers holding tensors inside those stages
+``stem, layer1..layer4`` (``models/stages.py``). The layers holding tensors inside those stages
 are paired in order; a pair's tensors load where their shapes agree and are reported otherwise.
 Pairing stops where the two layer sequences stop looking alike (a different kind of layer, or a conv
 of another kernel size): that is where the architectures diverge.
@@ -21,7 +21,9 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torchvision.ops import FrozenBatchNorm2d
 
-from .transfer import TransferReport, _parts_of_names, stage_modules
+from ..models.checkpoint import load_checkpoint
+from ..models.stages import stage_modules
+from .loading import TransferReport, parts_of_names
 
 
 class _Layer:
@@ -39,7 +41,7 @@ class _Layer:
     def full(self, tensor: str) -> str:
         return f"{self.name}.{tensor}" if self.name else tensor
 
-    def alike(self, other: "_Layer") -> bool:
+    def alike(self, other: _Layer) -> bool:
         if self.kind != other.kind:
             return False
         if isinstance(self.module, nn.Conv2d):
@@ -87,7 +89,7 @@ def load_backbone(model: nn.Module, source: nn.Module, description: str = "") ->
         n += 1
     report.missing += [layer.full(k) for layer in ours[n:] for k in layer.tensors]
     report.unexpected += [layer.full(k) for layer in theirs[n:] for k in layer.tensors]
-    report.parts = _parts_of_names(model, [*report.loaded, *report.missing, *(s[0] for s in report.skipped)])
+    report.parts = parts_of_names(model, [*report.loaded, *report.missing, *(s[0] for s in report.skipped)])
     stage_of = {layer.full(k): layer.stage for layer in theirs for k in layer.tensors}
     report.parts.update({name: stage_of[name] for name in report.unexpected if name not in report.parts})
     return report
@@ -95,13 +97,7 @@ def load_backbone(model: nn.Module, source: nn.Module, description: str = "") ->
 
 def load_backbone_checkpoint(model: nn.Module, path: Union[str, os.PathLike]) -> TransferReport:
     """``load_backbone`` from a seg_transfer checkpoint of any task (rebuilt from its own config)."""
-    from .models import weights as W
-    from .models.build import build_model
-    from .models.checkpoint import read_checkpoint
-
-    ckpt = read_checkpoint(path)
-    source = build_model(ckpt["model"])
-    W.load_into(source, ckpt["state_dict"], path)
-    cfg = ckpt["model"]
+    source = load_checkpoint(path)
+    cfg = source.info.config
     arch = cfg.get("name") or f"{cfg.get('backbone')}+{cfg.get('neck')}+{cfg.get('head')}"
-    return load_backbone(model, source, f"backbone stages of {Path(path)} ({ckpt.get('task', '?')}, {arch})")
+    return load_backbone(model, source, f"backbone stages of {Path(path)} ({source.info.task}, {arch})")

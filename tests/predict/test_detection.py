@@ -15,13 +15,13 @@ import torchvision
 from PIL import Image
 from torchvision.io import read_image
 
-from conftest import shared_image
-from seg_transfer import Predictor
+from seg_transfer import Predictor, create_model
 from seg_transfer.cli import main
-from seg_transfer.models import create_model
 from seg_transfer.models.checkpoint import save_checkpoint
 from seg_transfer.models.detection import class_tensors
-from seg_transfer.predict_detection import DetectionResult
+from seg_transfer.predict.detection import DetectionResult
+
+from conftest import shared_image
 
 # The recipe decodes with torchvision.io, deprecated in 0.29 in favour of TorchCodec; it is still the recipe.
 pytestmark = [pytest.mark.filterwarnings("ignore:The image decoding:DeprecationWarning"), pytest.mark.usefixtures("one_thread")]
@@ -186,7 +186,8 @@ def test_score_threshold_refused_for_segmentation(tmp_path, capsys):
 
 def test_models_lists_detectors(capsys):
     code, out, _ = run(capsys, "models")
-    assert code == 0 and "detectors (torchvision, COCO):" in out and "  ssdlite320_mobilenet_v3_large" in out
+    assert code == 0 and "detection zoo (torchvision, pretrained end to end):" in out
+    assert "  ssdlite320_mobilenet_v3_large" in out
     assert "  ssd        vgg16; none" in out and "  fasterrcnn any; fpn, none" in out
 
 

@@ -8,9 +8,11 @@ from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
 import torch
+from torch import nn
 
-from .errors import ConfigError, unknown
-from .io import ImageInput, read_image, save_text
+from ..errors import ConfigError, unknown
+from ..io import ImageInput, image_name, read_image, save_text
+from ..models.preprocess import Preprocess
 
 
 @dataclass
@@ -67,12 +69,11 @@ class ClassificationResult:
 
 
 @torch.inference_mode()
-def predict_classification(predictor: Any, image: ImageInput, top_k: int = 5) -> ClassificationResult:
+def predict(model: nn.Module, preprocess: Preprocess, image: ImageInput, top_k: int = 5) -> ClassificationResult:
     """The weights' preprocessing (resize, centre crop, normalise) and ``model(batch).softmax(1)``, as
     torchvision's recipe."""
     if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
         raise ConfigError(f"--top-k: expected a positive integer, got {top_k!r}")
-    batch = predictor.preprocess(read_image(image)).unsqueeze(0).to(predictor.device)
-    probs = predictor.model(batch).softmax(dim=1)[0].float().cpu()
-    name = Path(image).stem if isinstance(image, (str, os.PathLike)) else "image"
-    return ClassificationResult(probs=probs, classes=list(predictor.classes), name=name, top_k=top_k)
+    batch = preprocess(read_image(image)).unsqueeze(0).to(next(model.parameters()).device)
+    probs = model(batch).softmax(dim=1)[0].float().cpu()
+    return ClassificationResult(probs=probs, classes=list(model.info.classes), name=image_name(image), top_k=top_k)

@@ -13,13 +13,14 @@ import torch
 import torchvision
 from torchvision.io import read_image
 
-from conftest import shared_image
 from seg_transfer import Predictor
 from seg_transfer.cli import main
 from seg_transfer.errors import ConfigError
 from seg_transfer.models.build import build_model
 from seg_transfer.models.checkpoint import save_checkpoint
 from seg_transfer.predict import ClassificationResult
+
+from conftest import shared_image
 
 pytestmark = [pytest.mark.filterwarnings("ignore:The image decoding:DeprecationWarning"),
               pytest.mark.filterwarnings("ignore::FutureWarning")]

@@ -9,13 +9,23 @@ import pytest
 import torch
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from seg_transfer import create_model
 from seg_transfer.engine.losses import SegmentationCriterion, build_loss
 from seg_transfer.errors import ConfigError
-from seg_transfer.models import create_model
-from seg_transfer.models.backbones import BACKBONES, STAGES
-from seg_transfer.transfer import (FreezeState, apply_freeze, bn_held_in_eval, class_aware_init,
-                                   classifier_convs, freeze_counts, freeze_table, load_matching,
-                                   param_groups, stage_modules, unfreeze)
+from seg_transfer.models.backbones import BACKBONES, build_backbone
+from seg_transfer.models.stages import STAGES, stage_modules
+from seg_transfer.transfer import (
+    FreezeState,
+    apply_freeze,
+    bn_held_in_eval,
+    class_aware_init,
+    classifier_convs,
+    freeze_counts,
+    freeze_table,
+    load_matching,
+    param_groups,
+    unfreeze,
+)
 
 ZOO_MODELS = ["lraspp_mobilenet_v3_large", "fcn_resnet50"]
 MODELS = sorted(BACKBONES) + ZOO_MODELS
@@ -115,7 +125,7 @@ def test_zoo_stages_are_the_assembled_backbones_stages(zoo, backbone, output_str
     def shapes(module):
         return [tuple(t.shape) for t in module.state_dict().values()]
     zoo_stages = stage_modules(built(zoo))
-    assembled = BACKBONES[backbone](None, output_stride)
+    assembled = build_backbone(backbone, None, output_stride)
     for name in STAGES:
         assert shapes(zoo_stages[name]) == shapes(assembled.stage(name)), name
 

@@ -1,23 +1,28 @@
-"""Box (detection) samples: the ``BoxDataset`` every box format returns, and the rules a box must satisfy.
+"""Object detection data: the ``BoxDataset`` every box format returns, the rules a box must satisfy, and
+the image + boxes (+ instance masks) transforms and collate.
 
 Class 0 is ``__background__`` and the config's classes are labels 1..K, as torchvision's detectors and
 their weights' ``meta["categories"]`` count them. Boxes are ``xyxy`` in pixels (``xmax`` exclusive-or-
 inclusive does not matter to the detectors; VOC writes 1-based inclusive corners, read as they are).
+Augmentation uses the same YAML step lists as segmentation, with albumentations' ``bbox_params`` so boxes
+follow flips, crops and resizes. No normalisation here: torchvision's detectors normalise and resize
+inside the model (``GeneralizedRCNNTransform``, ``SSD``'s transform), so images leave as floats in [0, 1].
 """
 from __future__ import annotations
 
-import copy
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import numpy as np
-import torch.utils.data
+import torch
 
-from ..errors import ConfigError
-from .checks import DataError, Problem, fail, report
-from .folder import DataSplits, image_file_shape, read_rgb
-from .split import stem
+from ..errors import ConfigError, unknown
+from .common import AnnotatedImages, DataSplits
+from .problems import DataError, Problem, fail
+from .split import report_empty
+from .transforms import A, build_step, reseed
 
 BACKGROUND = "__background__"
 BAD_BOXES = ("error", "drop")  # what a bad box is: an error that stops training, or a warning and dropped
@@ -39,7 +44,8 @@ class RawBoxes:
     size: Optional[tuple[int, int]] = None
 
     @classmethod
-    def empty(cls, size: Optional[tuple[int, int]] = None) -> "RawBoxes":
+    def empty(cls, size: Optional[tuple[int, int]] = None) -> RawBoxes:
+        """No objects (an image without annotations)."""
         return cls(np.zeros((0, 4)), np.zeros(0, np.int64), [], None, None, size)
 
 
@@ -59,8 +65,8 @@ def check_classes(classes: Optional[Sequence[str]]) -> list[str]:
 
 
 def check_bad_boxes(bad_boxes: str) -> str:
+    """``bad_boxes`` itself when it is one of BAD_BOXES; ConfigError otherwise."""
     if bad_boxes not in BAD_BOXES:
-        from ..errors import unknown
         raise unknown("value", bad_boxes, BAD_BOXES, "data.bad_boxes")
     return bad_boxes
 
@@ -110,7 +116,7 @@ def check_boxes(raw: RawBoxes, *, where: str, image_shape: Optional[Sequence[int
     return keep, problems
 
 
-class BoxDataset(torch.utils.data.Dataset):
+class BoxDataset(AnnotatedImages):
     """Images and their box annotations, read raw (uint8 HxWx3, target dict of numpy arrays) and checked.
 
     ``annotations`` holds one reference per image that ``reader`` turns into ``RawBoxes``; ``transform``
@@ -128,25 +134,6 @@ class BoxDataset(torch.utils.data.Dataset):
         self.images, self.annotations = list(images), list(annotations)
         self.classes, self.reader, self.bad_boxes, self.transform = list(classes), reader, bad_boxes, transform
         self.has_masks = has_masks  # targets carry instance masks (Mask R-CNN can train on them)
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    @property
-    def num_classes(self) -> int:
-        """Classes including background: the detectors' ``num_classes``."""
-        return len(self.classes)
-
-    @property
-    def names(self) -> list[str]:
-        return [stem(str(p)) for p in self.images]
-
-    def read_image(self, i: int) -> np.ndarray:
-        return read_rgb(self.images[i])
-
-    def image_shape(self, i: int) -> tuple[int, int]:
-        """(H, W) as ``read_image`` returns it, from the header (EXIF quarter turns swap the sides)."""
-        return image_file_shape(self.images[i])
 
     def _target(self, i: int, image_shape: Optional[Sequence[int]]) -> tuple[dict[str, np.ndarray], list[Problem]]:
         raw = self.reader(self.annotations[i])
@@ -203,27 +190,97 @@ class BoxDataset(torch.utils.data.Dataset):
                 f"but image {self.images[i]} is {image.shape[0]}x{image.shape[1]} (HxW)")))
         return image, target
 
-    def __getitem__(self, i: int) -> Any:
-        image, target = self.read(i)
-        return self.transform(image, target) if self.transform is not None else (image, target)
-
-    def with_transform(self, transform: Optional[Transform]) -> "BoxDataset":
-        clone = copy.copy(self)
-        clone.transform = transform
-        return clone
-
 
 def make_box_splits(images: Sequence[Path], annotations: Sequence[Any], train: Sequence[int],
                     val: Sequence[int], *, classes: Sequence[str], reader: Reader, bad_boxes: str,
                     where: str, has_masks: bool = False) -> DataSplits:
     """The chosen indices as train and val BoxDatasets; an empty split is a problem."""
-    report([Problem("empty_split", where, (
-        f"{where}: the {side} split is empty ({len(train)} train, {len(val)} val images); "
-        "check val_ratio, val_groups or the list files")) for side, idx in (("train", train), ("val", val))
-        if not idx])
+    report_empty(train, val, where)
 
     def subset(idx: Sequence[int]) -> BoxDataset:
         return BoxDataset([images[i] for i in idx], [annotations[i] for i in idx], classes=classes,
                           reader=reader, bad_boxes=bad_boxes, has_masks=has_masks)
 
-    return DataSplits(subset(train), subset(val), list(classes), BoxDataset.ignore_index)  # type: ignore[arg-type]
+    return DataSplits(subset(train), subset(val), list(classes), BoxDataset.ignore_index)
+
+
+# ------------------------------------------------------------------------------------ transforms
+Target = dict[str, Any]
+LABEL_FIELDS = ("labels", "index")  # index: which masks / iscrowd flags survive with their boxes
+
+
+def default_train_spec() -> list[dict[str, Any]]:
+    """A horizontal flip: the detector's own transform resizes, so no scale/crop by default."""
+    return [{"name": "HorizontalFlip", "p": 0.5}]
+
+
+def build_box_pipeline(spec: Sequence[Mapping[str, Any]], where: str = "augment.train",
+                       min_size: float = 1.0) -> Any:
+    """A YAML list of steps -> albumentations Compose moving image, boxes and masks together.
+
+    Boxes are clipped to the image after each step; those left narrower or lower than ``min_size``
+    pixels are dropped with their labels and masks. Padding fills masks with 0 (no instance).
+    """
+    if isinstance(spec, (str, Mapping)) or not isinstance(spec, Sequence):
+        raise ConfigError(f"{where}: expected a list of transforms, got {spec!r}")
+    steps = [build_step(e, 0, f"{where}[{i}]") for i, e in enumerate(spec)]
+    params = A.BboxParams(format="pascal_voc", label_fields=list(LABEL_FIELDS), min_width=min_size,
+                          min_height=min_size, clip=True, filter_invalid_bboxes=True)
+    with warnings.catch_warnings():  # an empty (val) list "has no transform to process bboxes": fine
+        warnings.simplefilter("ignore", UserWarning)
+        return A.Compose(steps, bbox_params=params)
+
+
+class BoxTransform:
+    """(uint8 HxWx3 image, target of numpy arrays) -> (float 3xHxW tensor in [0, 1], target of tensors)."""
+
+    def __init__(self, pipeline: Any, min_size: float = 1.0):
+        self.pipeline, self.min_size = pipeline, min_size
+
+    def reseed(self, seed: int) -> None:
+        """Seed every step independently (``transforms.reseed``), for reproducible augmented copies."""
+        reseed(self.pipeline, seed)
+
+    def __call__(self, image: np.ndarray, target: Target) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        boxes = np.asarray(target["boxes"], dtype=np.float32).reshape(-1, 4)
+        n = len(boxes)
+        data: dict[str, Any] = {"image": image, "bboxes": boxes, "labels": np.asarray(target["labels"]),
+                                "index": np.arange(n)}
+        masks = target.get("masks")
+        if masks is not None and n:
+            data["masks"] = np.ascontiguousarray(masks)
+        out = self.pipeline(**data)
+        out_boxes = np.asarray(out["bboxes"], dtype=np.float32).reshape(-1, 4)
+        index = np.asarray(out["index"], dtype=np.int64).reshape(-1)
+        # bbox_params filters by width/height; keep the rule explicit for steps that skip the check
+        wide = (out_boxes[:, 2] - out_boxes[:, 0] >= self.min_size) & (out_boxes[:, 3] - out_boxes[:, 1] >= self.min_size)
+        out_boxes, index = out_boxes[wide], index[wide]
+        img = torch.from_numpy(np.ascontiguousarray(out["image"])).permute(2, 0, 1).float().div_(255)
+        result = {"boxes": torch.from_numpy(out_boxes),
+                  "labels": torch.as_tensor(np.asarray(target["labels"], dtype=np.int64)[index]),
+                  "iscrowd": torch.as_tensor(np.asarray(target.get("iscrowd", np.zeros(n, np.int64)),
+                                                        dtype=np.int64)[index])}
+        if masks is not None:
+            height, width = img.shape[-2:]
+            kept = np.asarray(out["masks"])[index] if n else np.zeros((0, height, width), np.uint8)
+            result["masks"] = torch.from_numpy(np.ascontiguousarray(kept, dtype=np.uint8).reshape(-1, height, width))
+        return img, result
+
+    def __repr__(self) -> str:
+        return f"BoxTransform({self.pipeline!r})"
+
+
+def build_box_transforms(train: Optional[Sequence[Mapping[str, Any]]] = None,
+                         val: Optional[Sequence[Mapping[str, Any]]] = None,
+                         crop_size: Optional[int] = None, **_: Any) -> tuple[BoxTransform, BoxTransform]:
+    """An ``augment:`` block -> (train, val) BoxTransforms; ``crop_size`` is a segmentation default and
+    unused here (name a crop step, e.g. ``RandomSizedBBoxSafeCrop``, to crop)."""
+    train_spec = default_train_spec() if train is None else train
+    return (BoxTransform(build_box_pipeline(train_spec, "augment.train")),
+            BoxTransform(build_box_pipeline(val or [], "augment.val")))
+
+
+def detection_collate(batch: Sequence[tuple[torch.Tensor, Target]]) -> tuple[list[torch.Tensor], list[Target]]:
+    """(list of image tensors, list of target dicts): detectors take images of different sizes as a list."""
+    images, targets = zip(*batch)
+    return list(images), list(targets)

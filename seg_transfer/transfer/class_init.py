@@ -1,0 +1,95 @@
+"""Class-aware initialisation: a re-created classifier starts with the source's rows for classes the
+two models share (case-insensitive; ``__background__`` == ``background``), so a matched class
+predicts as before. Segmentation and classification heads (their final 1x1 conv / linear layer) and
+detectors' class-indexed predictors (R-CNN scores, box deltas and mask logits; SSD/RetinaNet logits)."""
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError
+from ..models.detection import class_tensors, is_detector, with_background
+
+
+def class_key(name: str) -> str:
+    key = str(name).strip().lower()
+    return "background" if key in ("__background__", "background") else key
+
+
+def matching_rows(source: Sequence[str], target: Sequence[str]) -> list[tuple[int, int]]:
+    """(target index, source index) of each target class also in ``source`` (its first occurrence)."""
+    index: dict[str, int] = {}
+    for i, name in enumerate(source):
+        index.setdefault(class_key(name), i)
+    return [(j, index[class_key(name)]) for j, name in enumerate(target) if class_key(name) in index]
+
+
+def classifier_convs(model: nn.Module, num_classes: int) -> list[tuple[str, nn.Conv2d]]:
+    """The final 1x1 convs with ``num_classes`` outputs outside the backbone (the rule of
+    ``segmentation.replace_classifiers``): zoo ``classifier``/``aux_classifier``, an assembled model's head/aux;
+    for image classifiers, the linear layers with ``num_classes`` outputs."""
+    backbone = getattr(model, "backbone", None)
+    inside = {id(m) for m in backbone.modules()} if isinstance(backbone, nn.Module) else set()
+    found = []
+    for top, child in model.named_children():
+        if child is backbone or id(child) in inside:
+            continue
+        for name, m in child.named_modules(prefix=top):
+            if (isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1) and m.out_channels == num_classes) or \
+                    (isinstance(m, nn.Linear) and m.out_features == num_classes):
+                found.append((name, m))
+    return found
+
+
+@torch.no_grad()
+def class_aware_init(model: nn.Module, source_classes: Sequence[str], target_classes: Sequence[str],
+                     source_state: Mapping[str, torch.Tensor]) -> list[str]:
+    """Copy the source classifier's rows (weight, bias) into the model's re-created classifier for
+    classes present in both (case-insensitive; '__background__' == 'background'), so a matched class
+    starts out predicting as before. Returns the matched target class names in target order."""
+    if is_detector(model):
+        return _detection_class_aware_init(model, source_classes, target_classes, source_state)
+    pairs = matching_rows(source_classes, target_classes)
+    convs = []
+    for name, conv in classifier_convs(model, len(target_classes)):
+        weight = source_state.get(f"{name}.weight")
+        # The source's same-named conv must be its classifier: one row per source class, same inputs.
+        if weight is not None and weight.shape[0] == len(source_classes) and weight.shape[1:] == conv.weight.shape[1:]:
+            convs.append((name, conv, weight, source_state.get(f"{name}.bias")))
+    if not convs:
+        raise ConfigError(f"class_aware_init: no classifier conv with {len(target_classes)} outputs in the model "
+                          f"matches one with {len(source_classes)} outputs in the source weights")
+    for _, conv, weight, bias in convs:
+        for j, i in pairs:
+            conv.weight[j].copy_(weight[i])
+            if conv.bias is not None and bias is not None:
+                conv.bias[j].copy_(bias[i])
+    return [target_classes[j] for j, _ in pairs]
+
+
+@torch.no_grad()
+def _detection_class_aware_init(model: nn.Module, source_classes: Sequence[str], target_classes: Sequence[str],
+                                source_state: Mapping[str, torch.Tensor]) -> list[str]:
+    """Copy the source predictors' rows of classes present in both (R-CNN class scores, the 4 box
+    deltas per class and mask logits; SSD/RetinaNet class logits, for every anchor) into the model."""
+    source, target = with_background(source_classes), with_background(target_classes)
+    pairs = matching_rows(source, target)
+    modules = dict(model.named_modules())
+    copied = 0
+    for t in class_tensors(model):
+        for pname, param in modules[t.module].named_parameters(recurse=False):
+            src = source_state.get(f"{t.module}.{pname}")
+            # The source's same-named tensor must be laid out for its own class count, same inputs.
+            if src is None or src.shape[0] != t.anchors * t.per_class * len(source) or src.shape[1:] != param.shape[1:]:
+                continue
+            if param.shape[0] != t.anchors * t.per_class * len(target):
+                continue
+            for j, i in pairs:
+                param[t.rows(j, len(target))] = src[t.rows(i, len(source))].to(param.dtype)
+            copied += 1
+    if not copied:
+        raise ConfigError(f"class_aware_init: no class predictor of the model ({len(target)} classes) matches "
+                          f"one of the source weights ({len(source)} classes)")
+    return [target[j] for j, _ in pairs]
