@@ -90,7 +90,7 @@ def advise(num_images: int, similarity: str, small_below: int = SMALL_BELOW,
         raise unknown("similarity", similarity, SIMILARITIES, "advise")
     size = size_class(num_images, small_below, very_large_from)
     similar = similarity == "high"
-    extra = {"num_images": num_images, "size": size, "similarity": similarity, "measured": dict(measured or {})}
+    extra: dict[str, Any] = {"num_images": num_images, "size": size, "similarity": similarity, "measured": dict(measured or {})}
     if size == "small" and similar:
         # backbone_lr_mult only matters if freeze.schedule unfreezes stages later; 0 would silently freeze them.
         return Advice(strategy="feature_extraction", unfreeze_from=None, bn=True, backbone_lr_mult=0.1, lr=0.01,

@@ -6,11 +6,14 @@ import os
 import types
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Optional, Sequence, TypeVar, Union
+from typing import TYPE_CHECKING, Any, Mapping, Optional, Sequence, TypeVar, Union
 
 from .errors import ConfigError, unknown
 
-T = TypeVar("T")
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+T = TypeVar("T", bound="DataclassInstance")
 
 
 @dataclass
@@ -86,7 +89,7 @@ def _check(value: Any, tp: Any, where: str) -> Any:
     return value
 
 
-def from_dict(cls: type[T], data: Optional[Mapping[str, Any]], where: str = "") -> T:
+def from_dict(cls: type[T], data: Union[T, Mapping[str, Any], None], where: str = "") -> T:
     """Build dataclass ``cls`` from a mapping; unknown keys and wrong types fail naming the key path."""
     if data is None:
         data = {}

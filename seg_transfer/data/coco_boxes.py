@@ -3,7 +3,7 @@ decoded by pycocotools) for detectors; categories become labels 1..K in id order
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Mapping, Optional
+from typing import Any, Mapping, Optional
 
 import numpy as np
 
@@ -28,7 +28,7 @@ class CocoBoxReader:
         for ann in anns:
             x, y, w, h = (float(v) for v in ann.get("bbox", (np.nan,) * 4))
             boxes.append([x, y, x + w, y + h])
-            cat = ann.get("category_id")
+            cat: Any = ann.get("category_id")  # as the JSON has it: unknown or missing ids get label -1
             labels.append(self.labels.get(cat, -1))
             names.append(f"category id {cat}")
             crowd.append(int(bool(ann.get("iscrowd", 0))))

@@ -133,6 +133,9 @@ class ImageDataset(torch.utils.data.Dataset):
     ignore_index: int
     transform: Optional[Callable[..., Any]]
 
+    def __len__(self) -> int:
+        raise NotImplementedError
+
     def read(self, i: int) -> tuple[np.ndarray, Any]:
         """Raw item ``i``: (uint8 HxWx3 image, its label: mask, boxes or class index)."""
         raise NotImplementedError

@@ -107,7 +107,7 @@ def check_boxes(raw: RawBoxes, *, where: str, image_shape: Optional[Sequence[int
         elif x1 <= x0 or y1 <= y0:
             size = "zero" if (x1 == x0 or y1 == y0) and x1 >= x0 and y1 >= y0 else "negative"
             message = f"box {box} (xmin, ymin, xmax, ymax) has {size} width or height"
-        elif width is not None and (x0 < 0 or y0 < 0 or x1 > width or y1 > height):
+        elif width is not None and height is not None and (x0 < 0 or y0 < 0 or x1 > width or y1 > height):
             message = f"box {box} lies outside the {width}x{height} (WxH) image"
         else:
             continue

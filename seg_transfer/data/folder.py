@@ -36,10 +36,10 @@ def build_folder(root: PathLike, *, classes: Sequence[str], images: str = "image
                              val_groups=val_groups, group_regex=group_regex, train_list=train_list,
                              val_list=val_list, root=root)
     masks_of, problems = pair_masks(image_files, mask_dir, mask_suffix, {*train, *val})
-    problems += [Problem("lossy_mask", str(masks_of[i]), (
-        f"mask {masks_of[i]} is a JPEG: lossy compression changes class indices along edges; "
-        "save masks as PNG")) for i in sorted({*train, *val})
-        if masks_of[i] is not None and masks_of[i].suffix.lower() in (".jpg", ".jpeg")]
+    used = [m for m in (masks_of[i] for i in sorted({*train, *val})) if m is not None]
+    problems += [Problem("lossy_mask", str(m), (
+        f"mask {m} is a JPEG: lossy compression changes class indices along edges; "
+        "save masks as PNG")) for m in used if m.suffix.lower() in (".jpg", ".jpeg")]
     report(problems)
     bad = {i for i, m in enumerate(masks_of) if m is None or m.suffix.lower() in (".jpg", ".jpeg")}
     return make_splits(image_files, masks_of, [i for i in train if i not in bad],

@@ -129,6 +129,7 @@ class SegDataset(AnnotatedImages):
         mask, problems = self._check(i, self.mask_reader(self.masks[i]))
         if problems:
             raise fail(problems[0])
+        assert mask is not None  # check_mask gives None only with a problem
         return mask
 
     def inspect(self, i: int) -> tuple[Optional[np.ndarray], list[Problem]]:
@@ -152,6 +153,7 @@ class SegDataset(AnnotatedImages):
         mask, problems = self._check(i, self.mask_reader(self.masks[i]), image.shape)
         if problems:
             raise fail(problems[0])
+        assert mask is not None  # check_mask gives None only with a problem
         return image, mask
 
     def _check(self, i: int, raw: np.ndarray,

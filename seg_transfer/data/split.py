@@ -34,6 +34,7 @@ def split_names(names: Sequence[str], *, split: Optional[str] = None, val_ratio:
         return everything, everything
     check_ratio(val_ratio)
     if mode == "group":
+        assert group_regex is not None  # _mode requires it for split: group
         return _by_group(names, group_regex, val_groups, val_ratio, seed)
     order = sorted(range(len(names)), key=lambda i: names[i])  # listing order must not change the split
     random.Random(seed).shuffle(order)

@@ -35,7 +35,7 @@ def transform_names() -> list[str]:
                   and issubclass(getattr(A, n), (A.BasicTransform, A.BaseCompose)))
 
 
-def _arguments(cls: type) -> Optional[list[str]]:
+def _arguments(cls: type[Any]) -> Optional[list[str]]:
     params = inspect.signature(cls.__init__).parameters.values()
     if any(p.kind is p.VAR_KEYWORD for p in params):
         return None  # it takes anything; albumentations checks the values itself

@@ -41,7 +41,7 @@ import warnings
 from collections import OrderedDict
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Iterator, Optional, Sequence, Union
+from typing import Any, Iterator, Optional, Sequence, Union, cast
 
 import numpy as np
 import torch
@@ -61,6 +61,10 @@ Feats = dict[str, torch.Tensor]
 
 
 # ------------------------------------------------------------------------------------- checks
+def _backbone(model: nn.Module) -> nn.Module:
+    return cast(nn.Module, model.backbone)  # every model split_forward can split has one
+
+
 def trainable_backbone(model: nn.Module) -> list[str]:
     """Names of the backbone's parameters that still require grad (none: the cache may be used)."""
     backbone = getattr(model, "backbone", None)
@@ -83,7 +87,7 @@ def _check_model(model: nn.Module) -> None:
         raise ConfigError(f"cache: the backbone is not wholly frozen ({len(trainable)} trainable parameters, "
                           f"e.g. {', '.join(trainable[:3])}); use freeze.strategy: feature_extraction with "
                           "freeze.bn: true, or set cache.enabled: false")
-    free_bn = [n for n, m in model.backbone.named_modules() if isinstance(m, _BatchNorm) and not bn_held_in_eval(m)]
+    free_bn = [n for n, m in _backbone(model).named_modules() if isinstance(m, _BatchNorm) and not bn_held_in_eval(m)]
     if free_bn:
         # Uncached training would update their running statistics; the cache uses them as they are.
         warnings.warn(f"cache: {len(free_bn)} backbone BatchNorm layers are not held in eval mode "
@@ -155,7 +159,7 @@ class _SeededCopies(Dataset):
     def __getitem__(self, j: int) -> tuple[int, int, torch.Tensor, torch.Tensor]:
         index, copy = divmod(j, self.copies)
         seed = item_seed(self.seed, copy, index)
-        transform = getattr(self.dataset, "transform", None)
+        transform: Any = getattr(self.dataset, "transform", None)
         if hasattr(transform, "reseed"):
             transform.reseed(seed)
         with _global_seed(seed):  # transforms that draw from the global generators
@@ -222,8 +226,8 @@ class FeatureCache:
         device = _device(model)
         loader = DataLoader(_SeededCopies(dataset, copies, seed), batch_size=batch_size,
                             num_workers=workers, collate_fn=list)
-        with eval_mode(model.backbone), tqdm(total=n * copies, desc="caching backbone features", unit="img",
-                                             disable=not progress) as bar:
+        with eval_mode(_backbone(model)), tqdm(total=n * copies, desc="caching backbone features", unit="img",
+                                               disable=not progress) as bar:
             for batch in loader:
                 for group in _same_size(batch):
                     x = torch.stack([item[2] for item in group]).to(device)
@@ -250,7 +254,7 @@ def estimate_bytes(model: nn.Module, image_size: Sequence[int], items: int, copi
     """Bytes ``FeatureCache.build`` would hold for ``items`` x ``copies`` images of ``image_size`` (H, W)."""
     height, width = image_size
     x = torch.zeros(1, 3, height, width, device=_device(model))
-    with eval_mode(model.backbone), torch.inference_mode():
+    with eval_mode(_backbone(model)), torch.inference_mode():
         feats = encode(model, x)
     keys = used_features(model, feats, (height, width))
     per_item = sum(feats[k][0].numel() for k in keys) * _dtype(dtype).itemsize + height * width  # + uint8 mask

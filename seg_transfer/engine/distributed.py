@@ -9,7 +9,7 @@ from typing import Any, Callable, Optional
 
 import torch
 import torch.distributed as dist
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 
 def is_dist() -> bool:
@@ -48,7 +48,7 @@ class EpochSeeded(Dataset):
         return len(self.dataset)
 
     def __getitem__(self, i: int) -> Any:
-        transform = getattr(self.dataset, "transform", None)
+        transform: Any = getattr(self.dataset, "transform", None)
         if hasattr(transform, "reseed"):
             transform.reseed(item_seed(self.seed, self.epoch, i))
         return self.dataset[i]
@@ -60,7 +60,7 @@ def make_loader(dataset: Any, batch_size: int, *, shuffle: bool, seed: int, epoc
     if hasattr(dataset, "set_epoch"):  # EpochSeeded, CachedFeatureDataset
         dataset.set_epoch(epoch)
     if is_dist():
-        sampler = torch.utils.data.DistributedSampler(dataset, shuffle=shuffle, seed=seed, drop_last=drop_last)
+        sampler: DistributedSampler[Any] = DistributedSampler(dataset, shuffle=shuffle, seed=seed, drop_last=drop_last)
         sampler.set_epoch(epoch)
         return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
                           collate_fn=collate_fn, drop_last=drop_last, persistent_workers=False)

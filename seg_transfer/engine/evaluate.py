@@ -15,6 +15,7 @@ from ..config import Config
 from ..data.registry import build_dataset
 from ..errors import ConfigError
 from ..io import resolve_device, save_text
+from ..models.build import model_info
 from ..models.checkpoint import load_checkpoint
 from . import distributed as D
 from .metrics import Meter
@@ -69,11 +70,12 @@ def evaluate_checkpoint(cfg: Config, checkpoint: Union[str, os.PathLike], out_di
     device_ = resolve_device(device)
     model = load_checkpoint(checkpoint, device_)
     splits = build_dataset(cfg.data)
-    classes = list(model.info.classes)
+    info = model_info(model)
+    classes = list(info.classes)
     if list(splits.classes) != classes:
         raise ConfigError(f"data.classes {list(splits.classes)} differ from the checkpoint's {classes}")
-    task = build_task(model.info.task, cfg, splits)
-    _, val_t = task.transforms(cfg.augment, model.info.preprocess)
+    task = build_task(info.task, cfg, splits)
+    _, val_t = task.transforms(cfg.augment, info.preprocess)
     dataset = splits.val.with_transform(val_t)
     val_loss, metrics, meter = evaluate(model, dataset, task, device_, cfg.train.val_batch_size, progress=progress)
     out = Path(out_dir) if out_dir else Path(checkpoint).resolve().parent / "eval"

@@ -71,6 +71,8 @@ def _safe_div(total: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
 class CrossEntropyLoss(nn.Module):
     """Cross-entropy, optionally class-weighted; weighted mean like ``F.cross_entropy``, ignore-aware."""
 
+    weight: Optional[torch.Tensor]  # a buffer (register_buffer below)
+
     def __init__(self, ignore_index: int = 255, weight: Optional[torch.Tensor] = None,
                  label_smoothing: float = 0.0) -> None:
         super().__init__()
@@ -162,12 +164,13 @@ class WeightedSum(nn.Module):
             value = loss(logits, target)
             self.last[name if name not in self.last else f"{name}_{len(self.last)}"] = value.detach()
             total = weight * value if total is None else total + weight * value
+        assert total is not None  # build_loss gives at least one term
         return total
 
 
 def _term(item: Union[str, Mapping[str, Any]], num_classes: int, ignore_index: int,
           class_counts: Optional[Sequence[float]], where: str) -> tuple[str, float, nn.Module]:
-    kwargs = {"name": item} if isinstance(item, str) else dict(item)
+    kwargs: dict[str, Any] = {"name": item} if isinstance(item, str) else dict(item)
     if "name" not in kwargs:
         raise ConfigError(f"{where}: each loss needs a 'name' (one of {', '.join(sorted(LOSSES))})")
     name = kwargs.pop("name")

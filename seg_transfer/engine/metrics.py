@@ -188,9 +188,11 @@ class CocoMeter(Meter):
     def update(self, outputs: Sequence[dict[str, torch.Tensor]], targets: Sequence[dict[str, torch.Tensor]],
                sizes: Optional[Sequence[tuple[int, int]]] = None) -> None:
         for k, (out, tgt) in enumerate(zip(outputs, targets)):
-            gt = {key: v.detach().cpu().numpy() for key, v in tgt.items() if key in ("boxes", "labels", "iscrowd", "masks")}
-            dt = {key: v.detach().float().cpu().numpy() if key != "labels" else v.cpu().numpy()
-                  for key, v in out.items() if key in ("boxes", "labels", "scores", "masks")}
+            # numpy arrays, then the masks' RLEs (lists) with self.masks
+            gt: dict[str, Any] = {key: v.detach().cpu().numpy() for key, v in tgt.items()
+                                  if key in ("boxes", "labels", "iscrowd", "masks")}
+            dt: dict[str, Any] = {key: v.detach().float().cpu().numpy() if key != "labels" else v.cpu().numpy()
+                                  for key, v in out.items() if key in ("boxes", "labels", "scores", "masks")}
             if "masks" in dt and dt["masks"].ndim == 4:  # Mask R-CNN: N x 1 x H x W probabilities
                 dt["masks"] = dt["masks"][:, 0]
             size = sizes[k] if sizes is not None else self._size(gt, dt)
@@ -220,7 +222,8 @@ class CocoMeter(Meter):
         return self
 
     def _coco(self) -> tuple[COCO, list[dict[str, Any]], bool]:
-        images, anns, dets = [], [], []
+        images, dets = [], []
+        anns: list[dict[str, Any]] = []
         with_masks = self.masks and any("rles" in im["gt"] for im in self.images) \
             and any("rles" in im["dt"] for im in self.images)
         for image_id, im in enumerate(self.images, start=1):

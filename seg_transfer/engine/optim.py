@@ -36,7 +36,7 @@ def _groups(param_groups: ParamGroups, lr: float) -> list[dict[str, Any]]:
         raise ConfigError("optimizer: no parameters to train")
     if isinstance(items[0], torch.Tensor):
         items = [{"params": items}]
-    out = []
+    out: list[dict[str, Any]] = []
     for g in items:
         g = dict(g)
         # lr == 0 (a run that must not learn, e.g. in tests) leaves no ratio to read: multiplier 1.
@@ -68,7 +68,7 @@ def build_optimizer(param_groups: ParamGroups, name: str = "sgd", lr: float = 0.
         return SGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov)
     if not all(0 <= b < 1 for b in betas) or len(betas) != 2:
         raise ConfigError(f"train.betas: expected two values in [0, 1), got {tuple(betas)}")
-    return AdamW(groups, lr=lr, betas=tuple(betas), weight_decay=weight_decay)
+    return AdamW(groups, lr=lr, betas=(betas[0], betas[1]), weight_decay=weight_decay)  # a tuple, whatever sequence came
 
 
 # ------------------------------------------------------------------------------------ scheduler

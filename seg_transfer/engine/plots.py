@@ -23,6 +23,7 @@ from torch import nn
 
 from ..errors import unknown
 from ..io import atomic_path, read_image
+from ..models.build import model_info
 from ..viz import draw_boxes, palette
 
 PathLike = Union[str, os.PathLike]
@@ -113,7 +114,7 @@ def sample_predictions(model: nn.Module, dataset: Any, indices: Iterable[int], d
                        predict: Callable[[Any], Any]) -> tuple[list[np.ndarray], list[Any], list[Any]]:
     """Items ``indices`` of a transformed val split as (uint8 HxWx3 image, target, ``predict(model output)``)."""
     model.eval()
-    norm = model.info.preprocess
+    norm = model_info(model).preprocess
     mean, std = torch.tensor(norm.mean).view(3, 1, 1), torch.tensor(norm.std).view(3, 1, 1)
     images, targets, preds = [], [], []
     for i in indices:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from contextlib import contextmanager
 from types import ModuleType
-from typing import Iterator, Mapping, Optional, Sequence
+from typing import Iterator, Mapping, Optional, Sequence, cast
 
 import torch
 from torch import nn
@@ -89,7 +89,7 @@ def used_features(model: nn.Module, feats: Mapping[str, torch.Tensor], size: Seq
         # A clone: inference tensors (from torch.inference_mode) cannot require grad.
         probe = OrderedDict((k, v.detach().clone().requires_grad_(True)) for k, v in feats.items())
         full = decode(model, probe, size)
-        total = sum(o.float().sum() for o in full.values())
+        total = cast(torch.Tensor, sum(o.float().sum() for o in full.values()))  # decode gives at least "out"
         grads = torch.autograd.grad(total, list(probe.values()), allow_unused=True)
         keys = [k for k, g in zip(probe, grads) if g is not None]
         if len(keys) == len(probe):

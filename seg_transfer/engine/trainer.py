@@ -11,17 +11,19 @@ import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Union
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
 from ..config import Config, dump_config, to_dict
+from ..data.common import ImageDataset
 from ..data.registry import build_dataset
 from ..errors import SegTransferError
 from ..io import resolve_device, save_text
 from ..models import weights as W
+from ..models.build import model_info
 from ..models.checkpoint import read_checkpoint, save_checkpoint
 from ..transfer.class_init import class_aware_init
 from ..transfer.freeze import apply_freeze, freeze_table, param_groups, unfreeze
@@ -82,8 +84,12 @@ class Trainer:
         self.freeze_state = apply_freeze(self.model, f.strategy, f.stages, f.unfreeze_from, f.bn)
         self.model.to(self.device)
 
-        self.task: Task = build_task(self.model.info.task, cfg, splits)
-        train_t, val_t = self.task.transforms(cfg.augment, self.model.info.preprocess)
+        info = model_info(self.model)
+        self.task: Task = build_task(info.task, cfg, splits)
+        train_t, val_t = self.task.transforms(cfg.augment, info.preprocess)
+        # with the feature cache on, both become CachedFeatureDatasets (_build_caches)
+        self.train_set: Union[D.EpochSeeded, CachedFeatureDataset]
+        self.val_set: Union[ImageDataset, CachedFeatureDataset]
         self.train_set = D.EpochSeeded(splits.train.with_transform(train_t), t.seed)
         self.val_set = self.val_images = splits.val.with_transform(val_t)
         self.collate = self.task.collate
@@ -99,7 +105,8 @@ class Trainer:
                                          step_size=t.step_epochs * self.steps_per_epoch, gamma=t.gamma)
         self.amp_enabled, self.amp_dtype = autocast_settings(self.device, t.amp)
         self.scaler = grad_scaler(self.device, t.amp)
-        self.start_epoch, self.best, self.best_epoch, self.history = 0, -1.0, -1, []
+        self.start_epoch, self.best, self.best_epoch = 0, -1.0, -1
+        self.history: list[dict[str, float]] = []
         self.unfrozen: list[str] = []
         if resume:
             self._load_state(self.run_dir / "last.pt")
@@ -144,9 +151,10 @@ class Trainer:
         """Run the frozen backbone once per (train item, copy) and once per val item; epochs then train
         only the neck and head on the stored features."""
         c, t = self.cfg.cache, self.cfg.train
-        common = dict(dtype=c.dtype, max_bytes=int(c.max_gb * 2**30), seed=t.seed, workers=t.workers,
-                      progress=self.progress)
+        common: dict[str, Any] = dict(dtype=c.dtype, max_bytes=int(c.max_gb * 2**30), seed=t.seed, workers=t.workers,
+                                      progress=self.progress)
         start = time.perf_counter()
+        assert isinstance(self.train_set, D.EpochSeeded)  # the image datasets: caches are built once
         train = FeatureCache.build(self.model, self.train_set.dataset, c.copies, **common)
         val = FeatureCache.build(self.model, self.val_set, 1, batch_size=1, **common)
         self.train_set, self.val_set = CachedFeatureDataset(train, seed=t.seed), CachedFeatureDataset(val)

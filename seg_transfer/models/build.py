@@ -8,7 +8,8 @@ weights come from beyond torchvision's own (another seg_transfer checkpoint) is 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from pathlib import Path
+from typing import Any, Callable, Mapping, cast
 
 from torch import nn
 
@@ -98,9 +99,20 @@ def build_model(cfg: ModelConfig | dict[str, Any]) -> nn.Module:
         whole = W.assembled_weights(cfg.weights)
         model, preprocess, classes = models.build_assembled(cfg, None if whole else cfg.backbone_weights)
         if whole:
-            W.load_into(model, W.read_state_dict(W.resolve("", whole, "model.weights")), whole)
-    model.info = ModelInfo(classes=classes, preprocess=preprocess, config=to_dict(cfg), task=task)
+            path = cast(Path, W.resolve("", whole, "model.weights"))  # a local spec resolves to its file
+            W.load_into(model, W.read_state_dict(path), whole)
+    info = ModelInfo(classes=classes, preprocess=preprocess, config=to_dict(cfg), task=task)
+    model.info = info  # type: ignore[assignment]  # torch's __setattr__ stub: modules/tensors only (read it with model_info)
     return model
+
+
+def model_info(model: nn.Module) -> ModelInfo:
+    """``model.info``, typed: the ``ModelInfo`` that ``build_model`` attaches to every model it builds."""
+    info = getattr(model, "info", None)
+    if not isinstance(info, ModelInfo):
+        raise ConfigError(f"{type(model).__name__} has no seg_transfer model info (.info): build it with "
+                          f"build_model or load_checkpoint")
+    return info
 
 
 def torchvision_builders() -> list[str]:

@@ -14,7 +14,7 @@ from ..errors import BadInputError
 from ..io import atomic_path
 from ..version import __version__
 from . import weights as W
-from .build import build_model
+from .build import build_model, model_info
 from .preprocess import Preprocess
 
 FORMAT = "seg_transfer.checkpoint/1"
@@ -22,7 +22,7 @@ FORMAT = "seg_transfer.checkpoint/1"
 
 def model_payload(model: nn.Module) -> dict[str, Any]:
     """Everything needed to rebuild ``model`` without any config file or download."""
-    info = model.info
+    info = model_info(model)
     config = dict(info.config)
     # Rebuild from this file alone: no pretrained download, same classes and aux head.
     config.update(weights=None, backbone_weights=None, classes=list(info.classes),
@@ -75,6 +75,7 @@ def load_checkpoint(path: Union[str, os.PathLike], device: Union[str, torch.devi
     ckpt = read_checkpoint(path)
     model = build_model(ckpt["model"])
     W.load_into(model, ckpt["state_dict"], path)
-    model.info.preprocess = Preprocess.from_dict(ckpt["preprocess"])
-    model.info.classes = list(ckpt["classes"])
+    info = model_info(model)
+    info.preprocess = Preprocess.from_dict(ckpt["preprocess"])
+    info.classes = list(ckpt["classes"])
     return model.to(device).eval()

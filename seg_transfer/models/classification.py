@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, cast
 
 import torch
 from torch import nn
@@ -113,7 +113,7 @@ class ClassificationHead:
     """An image-classification head: its builder ``(in_channels, num_classes, cfg)`` over the last
     stage, and the necks it can sit on."""
 
-    build: Callable[[int, int, ModelConfig], nn.Module]
+    build: Callable[[int, int, ModelConfig], ClassifierHead]
     necks: tuple[str, ...] = ("none",)
 
 
@@ -169,7 +169,7 @@ class StageView(nn.Module):
 
 
 def _avgpool(net: nn.Module) -> nn.Module:
-    return net.avgpool
+    return cast(nn.Module, net.avgpool)
 
 
 def _new_avgpool(net: nn.Module) -> nn.Module:
@@ -250,7 +250,7 @@ def build_zoo(cfg: ModelConfig) -> Built:
     net, _ = W.build_torchvision(name, resolved, "model.weights", num_classes=official,
                                  **spec.kwargs(resolved is not None))
     if getattr(net, "AuxLogits", None) is not None:
-        net.aux_logits, net.AuxLogits = False, None
+        net.aux_logits, net.AuxLogits = False, None  # type: ignore[assignment]  # torch's __setattr__ stub: modules/tensors only
     default = W.categories(family)
     if num_classes is not None and num_classes != official:
         parent, attr, old = _last_linear(net, spec.head)
@@ -271,7 +271,7 @@ def encode(model: nn.Module, x: torch.Tensor) -> OrderedDict[str, torch.Tensor]:
     """``{"pooled": N x C}``: the backbone's globally pooled features (the input of the classifier layers)."""
     if isinstance(model, ClassificationModel):
         return OrderedDict(pooled=model.head.pool(next(reversed(model.backbone(x).values()))))
-    return OrderedDict(pooled=model.backbone(x))
+    return OrderedDict(pooled=cast(StageView, model.backbone)(x))  # a zoo classifier: attach_view's StageView
 
 
 def decode(model: nn.Module, feats: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -279,6 +279,6 @@ def decode(model: nn.Module, feats: dict[str, torch.Tensor]) -> torch.Tensor:
     x = feats["pooled"]
     if isinstance(model, ClassificationModel):
         return model.head.classifier(x)
-    for attr in model.backbone.head_names:
+    for attr in cast(StageView, model.backbone).head_names:  # a zoo classifier: attach_view's StageView
         x = getattr(model, attr)(x)
     return x

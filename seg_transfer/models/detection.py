@@ -13,7 +13,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from functools import partial
 from itertools import chain
-from typing import Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence, cast
 
 import torch
 import torch.nn.functional as F
@@ -33,7 +33,7 @@ from ..config import ModelConfig
 from ..errors import ConfigError
 from . import weights as W
 from .backbones import Backbone, build_backbone
-from .necks import NECKS
+from .necks import NECKS, Neck
 from .preprocess import Preprocess
 
 BACKGROUND = "__background__"
@@ -105,12 +105,18 @@ def class_tensors(model: nn.Module) -> list[ClassTensor]:
     head = getattr(model, "head", None)
     cls_head = getattr(head, "classification_head", None)
     if isinstance(cls_head, SSDScoringHead):  # SSD, SSDlite: one conv per feature map
-        anchors = model.anchor_generator.num_anchors_per_location()
+        anchors = _anchors_per_location(model)
         for i, (name, _) in enumerate(_last_convs(cls_head)):
             found.append(ClassTensor(f"head.classification_head.{name}", anchors=anchors[i]))
     elif isinstance(cls_head, RetinaNetClassificationHead):
         found.append(ClassTensor("head.classification_head.cls_logits", anchors=cls_head.num_anchors))
     return found
+
+
+def _anchors_per_location(model: nn.Module) -> list[int]:
+    """An SSD's anchors per location of each feature map."""
+    anchor_generator: Any = model.anchor_generator  # torchvision's DefaultBoxGenerator (untyped)
+    return anchor_generator.num_anchors_per_location()
 
 
 def _last_convs(head: SSDScoringHead) -> list[tuple[str, nn.Conv2d]]:
@@ -128,7 +134,9 @@ def _last_convs(head: SSDScoringHead) -> list[tuple[str, nn.Conv2d]]:
 def _fresh_conv(old: nn.Conv2d, out_channels: int) -> nn.Conv2d:
     """``old``'s geometry with ``out_channels`` outputs: small normal weights (std 0.01, as RetinaNet's
     ``cls_logits``) and zero bias, so new classes start near-uniform."""
-    new = nn.Conv2d(old.in_channels, out_channels, old.kernel_size, old.stride, old.padding, old.dilation,
+    # torch's stubs type these attributes tuple[int, ...], the same parameters int | tuple[int, int]
+    new = nn.Conv2d(old.in_channels, out_channels,
+                    old.kernel_size, old.stride, old.padding, old.dilation,  # type: ignore[arg-type]  # torch stub mismatch
                     old.groups, old.bias is not None)
     nn.init.normal_(new.weight, std=0.01)
     if new.bias is not None:
@@ -149,9 +157,10 @@ def replace_class_predictors(model: nn.Module, num_classes: int) -> list[str]:
             roi_heads.mask_predictor = MaskRCNNPredictor(old.in_channels, old.out_channels, num_classes)
             replaced.append("roi_heads.mask_predictor")
         return replaced
-    cls_head = model.head.classification_head
+    head: Any = model.head  # torchvision's SSD/RetinaNet head (untyped)
+    cls_head = head.classification_head
     if isinstance(cls_head, SSDScoringHead):
-        anchors = model.anchor_generator.num_anchors_per_location()
+        anchors = _anchors_per_location(model)
         for (name, conv), a in zip(_last_convs(cls_head), anchors):
             parent = cls_head.get_submodule(name.rpartition(".")[0])
             setattr(parent, name.rpartition(".")[2], _fresh_conv(conv, a * num_classes))
@@ -175,10 +184,11 @@ def set_input_size(model: nn.Module, resize: Optional[int]) -> None:
     or the side of SSD's fixed square input (anchors then follow the feature-map grid)."""
     if not resize:
         return
-    t = model.transform
+    t: Any = model.transform  # torchvision's GeneralizedRCNNTransform (untyped)
     if t.fixed_size is not None:
         t.fixed_size, t.min_size, t.max_size = (resize, resize), (resize,), resize
-        model.anchor_generator.steps = None  # torchvision's steps are tuned to 300/320 px
+        anchor_generator: Any = model.anchor_generator  # torchvision's DefaultBoxGenerator (untyped)
+        anchor_generator.steps = None  # torchvision's steps are tuned to 300/320 px
     else:
         t.max_size = max(resize, round(resize * t.max_size / t.min_size[0]))
         t.min_size = (resize,)
@@ -254,7 +264,7 @@ class DetectorBackbone(nn.Module):
     ``out_channels`` and a dict of feature maps. Stage tensors keep the names of assembled segmentation
     models (``backbone.body.<stage>...``), so checkpoints of either task share them."""
 
-    def __init__(self, backbone: Backbone, neck: Optional[nn.Module]) -> None:
+    def __init__(self, backbone: Backbone, neck: Optional[Neck]) -> None:
         super().__init__()
         self.body, self.stage_names, self.neck = backbone.body, list(backbone.stage_names), neck
         self.last = list(backbone.out_channels)[-1]
@@ -276,7 +286,7 @@ class DetectorBackbone(nn.Module):
 
 
 def _fasterrcnn(backbone: Backbone, cfg: ModelConfig, num_classes: int) -> nn.Module:
-    neck = NECKS["fpn"](backbone.out_channels, cfg.neck_channels) if cfg.neck == "fpn" else None
+    neck = NECKS["fpn"](backbone.out_channels, cfg.neck_channels, None) if cfg.neck == "fpn" else None
     body = DetectorBackbone(backbone, neck)
     # torchvision's Faster R-CNN anchors: one size per pyramid level, or all sizes on a single map.
     sizes = (32, 64, 128, 256, 512)
@@ -292,7 +302,7 @@ def _fasterrcnn(backbone: Backbone, cfg: ModelConfig, num_classes: int) -> nn.Mo
 def _features(backbone: Backbone) -> nn.Sequential:
     # The sliced backbones' stages are consecutive slices of torchvision's `features`: rejoin them
     # (same modules, same weights) for torchvision's SSD feature extractors.
-    return nn.Sequential(*chain.from_iterable(backbone.stage(s) for s in backbone.stage_names))
+    return nn.Sequential(*chain.from_iterable(cast(nn.Sequential, backbone.stage(s)) for s in backbone.stage_names))
 
 
 def _ssd(backbone: Backbone, cfg: ModelConfig, num_classes: int) -> nn.Module:

@@ -12,7 +12,7 @@ import math
 from collections import OrderedDict
 from dataclasses import dataclass
 from functools import partial
-from typing import Callable, Mapping, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence, cast
 
 import torch
 import torch.nn.functional as F
@@ -221,7 +221,7 @@ def build_zoo(cfg: ModelConfig) -> Built:
         # the whole model's file overwrites them (torchvision would fetch them for a local file).
         model, _ = W.build_torchvision(tv_name, resolved, "weights", weights_backbone=None, **official)
         if cfg.aux_loss is False and getattr(model, "aux_classifier", None) is not None:
-            model.aux_classifier = None
+            model.aux_classifier = None  # type: ignore[assignment]  # torch's __setattr__ stub omits None (valid here)
         default = W.categories(family)
         if num_classes is not None and num_classes != official["num_classes"]:
             replace_classifiers(model, official["num_classes"], num_classes)
@@ -250,7 +250,7 @@ def can_split(model: nn.Module) -> bool:
 
 def encode(model: nn.Module, x: torch.Tensor) -> OrderedDict[str, torch.Tensor]:
     """The backbone's features of ``x``, as the rest of the network reads them."""
-    feats = OrderedDict(model.backbone(x))
+    feats = OrderedDict(cast(nn.Module, model.backbone)(x))
     if isinstance(model, _SimpleSegmentationModel) and model.aux_classifier is None:
         feats.pop("aux", None)  # a pretrained zoo model keeps returning it after aux_loss=False
     return feats
@@ -261,11 +261,12 @@ def decode(model: nn.Module, feats: Mapping[str, torch.Tensor], size: Sequence[i
     ``SegmentationModel`` and of torchvision's FCN/DeepLabV3 (``_SimpleSegmentationModel``) and LRASPP."""
     if isinstance(model, SegmentationModel):
         return model.decode(feats, size)
+    net: Any = model  # torchvision's LRASPP or _SimpleSegmentationModel (untyped)
     result: OrderedDict[str, torch.Tensor] = OrderedDict()
-    if isinstance(model, TorchvisionLRASPP):
-        result["out"] = _up(model.classifier(feats), size)
+    if isinstance(net, TorchvisionLRASPP):
+        result["out"] = _up(net.classifier(feats), size)
         return result
-    result["out"] = _up(model.classifier(feats["out"]), size)
-    if model.aux_classifier is not None:
-        result["aux"] = _up(model.aux_classifier(feats["aux"]), size)
+    result["out"] = _up(net.classifier(feats["out"]), size)
+    if net.aux_classifier is not None:
+        result["aux"] = _up(net.aux_classifier(feats["aux"]), size)
     return result

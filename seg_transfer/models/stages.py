@@ -8,7 +8,7 @@ written here once; every other module asks ``stage_modules`` or ``STAGE_SPLITS``
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Callable, Mapping, Optional, Sequence
+from typing import Callable, Iterable, Mapping, Optional, Protocol, Sequence, cast
 
 from torch import nn
 from torchvision.models.detection.backbone_utils import BackboneWithFPN
@@ -35,7 +35,13 @@ INCEPTION_STAGES = ("Conv2d_1a_3x3", "Conv2d_2a_3x3", "Conv2d_2b_3x3", "Conv2d_3
                     "Mixed_6e", "Mixed_7a", "Mixed_7b", "Mixed_7c")
 INCEPTION_TAIL = {"Conv2d_2b_3x3": "maxpool1", "Conv2d_4a_3x3": "maxpool2"}
 
-Stages = "OrderedDict[str, nn.Module]"
+
+class StagedBackbone(Protocol):
+    """A backbone built here (``Backbone``, ``StageView``, ``DetectorBackbone``): it lists its own stages."""
+
+    stage_names: list[str]
+
+    def stage(self, name: str) -> nn.Module: ...
 
 
 def resnet_stages(children: Mapping[str, nn.Module]) -> OrderedDict[str, nn.Module]:
@@ -50,6 +56,11 @@ def cut(layers: nn.Sequential, bounds: Sequence[int]) -> OrderedDict[str, nn.Mod
     return OrderedDict((name, layers[a:b]) for name, a, b in zip(STAGES, cuts, cuts[1:]))
 
 
+def _features(net: nn.Module) -> nn.Sequential:
+    """The ``features`` Sequential of a torchvision VGG or MobileNet."""
+    return cast(nn.Sequential, net.features)
+
+
 def inception_stages(net: nn.Module) -> OrderedDict[str, nn.Module]:
     return OrderedDict((name, nn.Sequential(getattr(net, name), getattr(net, INCEPTION_TAIL[name]))
                         if name in INCEPTION_TAIL else getattr(net, name)) for name in INCEPTION_STAGES)
@@ -59,9 +70,9 @@ def inception_stages(net: nn.Module) -> OrderedDict[str, nn.Module]:
 STAGE_SPLITS: dict[str, Callable[[nn.Module], OrderedDict[str, nn.Module]]] = {
     "resnet18": lambda net: resnet_stages(dict(net.named_children())),
     "resnet50": lambda net: resnet_stages(dict(net.named_children())),
-    "vgg16": lambda net: cut(net.features, CUTS["vgg16"]),
-    "mobilenet_v2": lambda net: cut(net.features, CUTS["mobilenet_v2"]),
-    "mobilenet_v3_large": lambda net: cut(net.features, CUTS["mobilenet_v3_large"]),
+    "vgg16": lambda net: cut(_features(net), CUTS["vgg16"]),
+    "mobilenet_v2": lambda net: cut(_features(net), CUTS["mobilenet_v2"]),
+    "mobilenet_v3_large": lambda net: cut(_features(net), CUTS["mobilenet_v3_large"]),
     "inception_v3": inception_stages,
 }
 
@@ -95,7 +106,8 @@ def stage_modules(model: nn.Module) -> OrderedDict[str, nn.Module]:
     if not isinstance(backbone, nn.Module):
         raise ConfigError(f"freeze: {type(model).__name__} has no 'backbone' module to split into stages")
     if hasattr(backbone, "stage_names") and hasattr(backbone, "stage"):
-        return OrderedDict((name, backbone.stage(name)) for name in backbone.stage_names)
+        staged = cast(StagedBackbone, backbone)
+        return OrderedDict((name, staged.stage(name)) for name in staged.stage_names)
     ssd = ssd_stages(backbone)
     if ssd is not None:
         return ssd
@@ -112,7 +124,7 @@ def stage_modules(model: nn.Module) -> OrderedDict[str, nn.Module]:
                       f"(children: {', '.join(children) or 'none'})")
 
 
-def check_stages(model: nn.Module, names: Sequence[str] | str, where: str) -> list[str]:
+def check_stages(model: nn.Module, names: Iterable[str] | str, where: str) -> list[str]:
     """``names`` as a list, each a stage of ``model``; else a ConfigError naming ``where`` and the valid stages."""
     valid = list(stage_modules(model))
     names = [names] if isinstance(names, str) else list(names)

@@ -10,6 +10,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..io import ImageInput, resolve_device
+from ..models.build import model_info
 from ..models.checkpoint import load_checkpoint
 from ..transfer.sources import create_model
 from . import classification, detection, segmentation
@@ -37,8 +38,9 @@ class Predictor:
         if not hasattr(model, "info"):
             raise ConfigError("Predictor needs a model built by seg_transfer (it carries classes and preprocessing)")
         self.model = model.to(self.device).eval()
-        self.classes: list[str] = list(model.info.classes)
-        self.preprocess = model.info.preprocess
+        info = model_info(model)
+        self.classes: list[str] = list(info.classes)
+        self.preprocess = info.preprocess
 
     @classmethod
     def from_checkpoint(cls, path: Union[str, os.PathLike], device: Union[str, torch.device, None] = "cpu"
@@ -47,7 +49,7 @@ class Predictor:
 
     @property
     def task(self) -> str:
-        return str(self.model.info.task)
+        return str(model_info(self.model).task)
 
     def predict(self, image: ImageInput, **options: Any) -> Any:
         """One image's result, of the model's task (options: ``resize_to_input`` for segmentation,

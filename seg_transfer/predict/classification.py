@@ -12,6 +12,7 @@ from torch import nn
 
 from ..errors import ConfigError, unknown
 from ..io import ImageInput, image_name, read_image, save_text
+from ..models.build import model_info
 from ..models.preprocess import Preprocess
 
 
@@ -76,4 +77,4 @@ def predict(model: nn.Module, preprocess: Preprocess, image: ImageInput, top_k: 
         raise ConfigError(f"--top-k: expected a positive integer, got {top_k!r}")
     batch = preprocess(read_image(image)).unsqueeze(0).to(next(model.parameters()).device)
     probs = model(batch).softmax(dim=1)[0].float().cpu()
-    return ClassificationResult(probs=probs, classes=list(model.info.classes), name=image_name(image), top_k=top_k)
+    return ClassificationResult(probs=probs, classes=list(model_info(model).classes), name=image_name(image), top_k=top_k)

@@ -15,6 +15,7 @@ from torch import nn
 
 from ..errors import ConfigError, unknown
 from ..io import ImageInput, image_name, read_image, save_image, save_text
+from ..models.build import model_info
 from ..models.preprocess import Preprocess
 from ..viz import draw_boxes
 
@@ -114,6 +115,6 @@ def predict(model: nn.Module, preprocess: Preprocess, image: ImageInput,
             masks = F.interpolate(masks.float(), size=rgb.shape[-2:], mode="bilinear", align_corners=False)
     keep = out["scores"] >= score_threshold
     result = DetectionResult(image=rgb, boxes=boxes[keep], labels=out["labels"][keep], scores=out["scores"][keep],
-                             classes=list(model.info.classes), masks=None if masks is None else masks[keep][:, 0],
+                             classes=list(model_info(model).classes), masks=None if masks is None else masks[keep][:, 0],
                              name=image_name(image), score_threshold=float(score_threshold))
     return result.only(classes)

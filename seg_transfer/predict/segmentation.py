@@ -15,6 +15,7 @@ from torchvision.utils import draw_segmentation_masks
 
 from ..errors import unknown
 from ..io import ImageInput, image_name, read_image, save_image, save_text
+from ..models.build import model_info
 from ..models.preprocess import Preprocess
 from ..viz import colour, draw_legend, palette
 
@@ -112,5 +113,5 @@ def predict(model: nn.Module, preprocess: Preprocess, image: ImageInput,
     if not resize_to_input:
         rgb = F.interpolate(rgb[None].float(), size=probs.shape[-2:], mode="bilinear",
                             align_corners=False, antialias=True)[0].round().clamp(0, 255).to(torch.uint8)
-    return SegmentationResult(image=rgb, probs=probs, mask=probs.argmax(0), classes=list(model.info.classes),
+    return SegmentationResult(image=rgb, probs=probs, mask=probs.argmax(0), classes=list(model_info(model).classes),
                               name=image_name(image))

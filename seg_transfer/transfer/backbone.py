@@ -14,13 +14,14 @@ from __future__ import annotations
 import os
 from collections import OrderedDict
 from pathlib import Path
-from typing import Union
+from typing import Union, cast
 
 import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torchvision.ops import FrozenBatchNorm2d
 
+from ..models.build import model_info
 from ..models.checkpoint import load_checkpoint
 from ..models.stages import stage_modules
 from .loading import TransferReport, parts_of_names
@@ -45,8 +46,8 @@ class _Layer:
         if self.kind != other.kind:
             return False
         if isinstance(self.module, nn.Conv2d):
-            return (self.module.kernel_size, self.module.groups > 1) == \
-                (other.module.kernel_size, other.module.groups > 1)
+            theirs = cast(nn.Conv2d, other.module)  # the same kind: a Conv2d too
+            return (self.module.kernel_size, self.module.groups > 1) == (theirs.kernel_size, theirs.groups > 1)
         return True
 
 
@@ -98,6 +99,7 @@ def load_backbone(model: nn.Module, source: nn.Module, description: str = "") ->
 def load_backbone_checkpoint(model: nn.Module, path: Union[str, os.PathLike]) -> TransferReport:
     """``load_backbone`` from a seg_transfer checkpoint of any task (rebuilt from its own config)."""
     source = load_checkpoint(path)
-    cfg = source.info.config
+    info = model_info(source)
+    cfg = info.config
     arch = cfg.get("name") or f"{cfg.get('backbone')}+{cfg.get('neck')}+{cfg.get('head')}"
-    return load_backbone(model, source, f"backbone stages of {Path(path)} ({source.info.task}, {arch})")
+    return load_backbone(model, source, f"backbone stages of {Path(path)} ({info.task}, {arch})")

@@ -26,13 +26,13 @@ def matching_rows(source: Sequence[str], target: Sequence[str]) -> list[tuple[in
     return [(j, index[class_key(name)]) for j, name in enumerate(target) if class_key(name) in index]
 
 
-def classifier_convs(model: nn.Module, num_classes: int) -> list[tuple[str, nn.Conv2d]]:
+def classifier_convs(model: nn.Module, num_classes: int) -> list[tuple[str, nn.Conv2d | nn.Linear]]:
     """The final 1x1 convs with ``num_classes`` outputs outside the backbone (the rule of
     ``segmentation.replace_classifiers``): zoo ``classifier``/``aux_classifier``, an assembled model's head/aux;
     for image classifiers, the linear layers with ``num_classes`` outputs."""
     backbone = getattr(model, "backbone", None)
     inside = {id(m) for m in backbone.modules()} if isinstance(backbone, nn.Module) else set()
-    found = []
+    found: list[tuple[str, nn.Conv2d | nn.Linear]] = []
     for top, child in model.named_children():
         if child is backbone or id(child) in inside:
             continue

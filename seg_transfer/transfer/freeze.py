@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections import OrderedDict, defaultdict
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterable, Optional, Union
+from typing import Any, Iterable, Optional, Union, cast
 
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
@@ -33,7 +33,8 @@ def model_parts(model: nn.Module) -> OrderedDict[str, list[nn.Module]]:
     parts: OrderedDict[str, list[nn.Module]] = OrderedDict((k, [m]) for k, m in stages.items())
     in_stages = {id(m) for stage in stages.values() for m in stage.modules()}
     # Containers (the backbone itself, an assembled backbone's ``body``) hold nothing of their own.
-    rest = [m for m in model.backbone.modules() if id(m) not in in_stages
+    backbone = cast(nn.Module, model.backbone)  # stage_modules checked it
+    rest = [m for m in backbone.modules() if id(m) not in in_stages
             and (next(m.parameters(recurse=False), None) is not None or next(m.buffers(recurse=False), None) is not None)]
     if rest:
         # A detector's FPN or SSD extra layers sit inside `backbone`: they are its neck, trained as one.
@@ -77,7 +78,7 @@ class _StayInEval:
 
 
 def _hold_bn_eval(bn: nn.Module) -> None:
-    bn.train = _StayInEval(bn)
+    setattr(bn, "train", _StayInEval(bn))  # an instance attribute over the method (mypy forbids assigning to one)
     bn.train(False)
     for p in bn.parameters(recurse=False):
         p.requires_grad_(False)
@@ -146,7 +147,7 @@ def apply_freeze(model: nn.Module, strategy: str, stages: Optional[int] = None,
     for p in model.parameters():
         p.requires_grad_(True)
     # feature_extraction freezes the whole backbone, including anything outside its stages.
-    roots = [model.backbone] if strategy == "feature_extraction" else [all_stages[name] for name in frozen]
+    roots = [cast(nn.Module, model.backbone)] if strategy == "feature_extraction" else [all_stages[name] for name in frozen]
     if is_detector(model) and strategy == "feature_extraction":
         roots = list(all_stages.values())  # the neck inside a detector's backbone keeps training
     for root in roots:
@@ -190,7 +191,7 @@ def param_groups(model: nn.Module, lr: float, backbone_lr_mult: float = 1.0) -> 
     backbone_ids = {id(p) for p in backbone.parameters()} if isinstance(backbone, nn.Module) else set()
     if is_detector(model):  # the neck inside a detector's backbone learns at the head's rate
         backbone_ids = {id(p) for stage in stage_modules(model).values() for p in stage.parameters()}
-    groups = {"head": [], "backbone": []}
+    groups: dict[str, list[nn.Parameter]] = {"head": [], "backbone": []}
     for p in model.parameters():
         if p.requires_grad:
             groups["backbone" if id(p) in backbone_ids else "head"].append(p)
@@ -213,7 +214,7 @@ def freeze_counts(model: nn.Module) -> OrderedDict[str, tuple[int, int]]:
 def freeze_table(model: nn.Module) -> str:
     """A table of trainable vs frozen parameters per part (stem, layer1..4, neck, head, aux) and in total."""
     counts = freeze_counts(model)
-    held = defaultdict(int)
+    held: defaultdict[str, int] = defaultdict(int)
     owner = module_parts(model)
     for name, m in model.named_modules():
         if bn_held_in_eval(m):

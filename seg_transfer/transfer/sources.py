@@ -14,7 +14,7 @@ from torch import nn
 from ..config import Config, ModelConfig, from_dict
 from ..errors import ConfigError
 from ..models import weights as W
-from ..models.build import build_model
+from ..models.build import build_model, model_info
 from ..models.checkpoint import is_checkpoint, read_checkpoint
 from .backbone import load_backbone_checkpoint
 
@@ -39,8 +39,9 @@ def build(cfg: ModelConfig | dict[str, Any]) -> nn.Module:
         raise ConfigError(f"model.backbone_weights: {source} is used only with model.weights: null "
                           f"(zoo model {cfg.name} would otherwise load its own pretrained weights)")
     model = build_model(dataclasses.replace(cfg, backbone_weights=None))
-    model.info.transfer = load_backbone_checkpoint(model, source)
-    model.info.config["backbone_weights"] = str(source)
+    info = model_info(model)
+    info.transfer = load_backbone_checkpoint(model, source)
+    info.config["backbone_weights"] = str(source)
     return model
 
 

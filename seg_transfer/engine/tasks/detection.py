@@ -8,7 +8,7 @@ there is no val loss (the log shows NaN).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, cast
 
 import torch
 from torch import nn
@@ -53,7 +53,7 @@ class DetectionTask(Task):
     def eval_batch(self, model: nn.Module, inputs: Any, targets: Any, cached: bool,
                    meter: Meter) -> Optional[torch.Tensor]:
         outputs = model(inputs)
-        meter.update(outputs, targets, [tuple(i.shape[-2:]) for i in inputs])
+        cast(CocoMeter, meter).update(outputs, targets, [tuple(i.shape[-2:]) for i in inputs])  # made by self.meter()
         return None
 
     def meter(self) -> CocoMeter:
