@@ -6,6 +6,7 @@ Heavy imports (torch) happen inside the commands so ``--help`` stays instant.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional, Sequence
@@ -16,8 +17,14 @@ if TYPE_CHECKING:
     from .predict import Predictor
 
 
+def _rank() -> Optional[str]:
+    """This process's rank when torchrun started several (from its environment: no torch import needed)."""
+    return os.environ.get("RANK") if int(os.environ.get("WORLD_SIZE", "1")) > 1 else None
+
+
 def _err(msg: str) -> None:
-    print(f"seg-transfer: error: {msg}", file=sys.stderr)
+    rank = _rank()
+    print(f"seg-transfer: error: {f'rank {rank}: ' if rank else ''}{msg}", file=sys.stderr)
 
 
 # ------------------------------------------------------------------------------------------- infer
@@ -138,6 +145,8 @@ def _check_data(cfg, quiet: bool = False) -> int:
 
     problems = check_dataset(cfg.data)
     errors = [p for p in problems if getattr(p, "severity", "error") == "error"]
+    if _rank() not in (None, "0"):  # under torchrun every rank scans; one prints
+        return len(errors)
     for p in problems:
         print(f"{getattr(p, 'severity', 'error')}: {p}", file=sys.stderr)
     if not quiet or problems:
@@ -152,13 +161,18 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     if _check_data(cfg, quiet=True):
         raise SegTransferError("the dataset has problems (listed above); fix them, or run with --check-data "
                                "to list them again")
+    from .engine import distributed as D
     from .engine.trainer import Trainer
 
-    trainer = Trainer(cfg, run_dir=Path(args.resume) if args.resume else args.run_dir,
-                      resume=bool(args.resume), progress=not args.quiet)
-    result = trainer.fit()
-    print(f"best val {trainer.task.metric_label} {result.best:.4f} at epoch {result.best_epoch}; "
-          f"checkpoints in {result.run_dir}/ (best.pt, last.pt)")
+    try:  # under torchrun every rank leaves the process group, also on error: no rank waits on a dead peer
+        trainer = Trainer(cfg, run_dir=Path(args.resume) if args.resume else args.run_dir,
+                          resume=bool(args.resume), progress=not args.quiet)
+        result = trainer.fit()
+        if D.is_main():
+            print(f"best val {trainer.task.metric_label} {result.best:.4f} at epoch {result.best_epoch}; "
+                  f"checkpoints in {result.run_dir}/ (best.pt, last.pt)")
+    finally:
+        D.teardown()
     return 0
 
 

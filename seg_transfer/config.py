@@ -202,6 +202,9 @@ class TrainConfig:
     device: str = "auto"
     init_from: Optional[str] = None
     precise_bn: int = 0  # before each evaluation, recompute BatchNorm statistics over this many train batches
+    # torchrun: the learning rate for N processes is lr x N (linear), lr x sqrt(N) (sqrt) or lr (none)
+    lr_scaling: str = _choice("none", "none", "linear", "sqrt")
+    sync_bn: bool = False  # torchrun on CUDA: BatchNorm statistics over the global batch (SyncBatchNorm)
 
 
 @dataclass

@@ -19,6 +19,7 @@ from ..models.build import model_info
 from ..models.checkpoint import load_checkpoint
 from . import distributed as D
 from .metrics import Meter
+from .split_forward import Decoder
 from .tasks import Task, build_task
 
 
@@ -27,21 +28,24 @@ def evaluate(model: nn.Module, dataset: Any, task: Task, device: torch.device, b
              amp: tuple[bool, Optional[torch.dtype]] = (False, None), cached: bool = False
              ) -> tuple[float, dict[str, Any], Meter]:
     """Val loss (NaN where the task has none) and ``task``'s metrics of ``model`` over ``dataset``
-    (transformed items, or cached features with ``cached=True``)."""
+    (transformed items, or cached features with ``cached=True``). Under torchrun each rank scores its
+    own shard (no item twice) and the meters and losses are summed over ranks: the figures are exact."""
     model.eval()
+    forward = Decoder(model) if cached else model
     meter = task.meter()
-    loader = D.make_loader(dataset, batch_size, shuffle=False, seed=0, collate_fn=collate or task.collate)
+    loader = D.make_loader(dataset, batch_size, shuffle=False, seed=0, collate_fn=collate or task.collate, pad=False)
     total, count = 0.0, 0
     with torch.inference_mode():
         for inputs, targets in tqdm(loader, desc="eval", unit="batch", leave=False, disable=not progress):
             inputs, targets = to_device(inputs, device), task.to_device(targets, device)
             with torch.autocast(device.type, dtype=amp[1], enabled=amp[0]):
-                loss = task.eval_batch(model, inputs, targets, cached, meter)
+                loss = task.eval_batch(forward, inputs, targets, cached, meter)
             if loss is not None:
                 total += loss.item() * len(targets)
                 count += len(targets)
     meter.reduce()
-    return (total / count if count else float("nan")), meter.compute(), meter
+    loss_sum, items = D.all_sum(total, count)
+    return (loss_sum / items if items else float("nan")), meter.compute(), meter
 
 
 def to_device(inputs: Any, device: torch.device) -> Any:

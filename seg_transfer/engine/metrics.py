@@ -16,7 +16,7 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from .distributed import is_dist, world_size
+from .distributed import is_dist, unshard, world_size
 
 
 class Meter:
@@ -218,7 +218,8 @@ class CocoMeter(Meter):
         if is_dist():
             gathered: list[Any] = [None] * world_size()
             torch.distributed.all_gather_object(gathered, self.images)
-            self.images = [item for part in gathered for item in part]
+            # Back in dataset order: COCOeval breaks score ties by image order, so the one-process AP needs it.
+            self.images = unshard(gathered)
         return self
 
     def _coco(self) -> tuple[COCO, list[dict[str, Any]], bool]:

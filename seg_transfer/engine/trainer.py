@@ -3,6 +3,7 @@ metrics.csv, curves.png, predictions.png, last.pt / best.pt. One engine for ever
 lives in ``engine/tasks/``); rank-0-only I/O."""
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -15,6 +16,8 @@ from typing import Any, Callable, Optional, Union
 
 import numpy as np
 import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from ..config import Config, dump_config, to_dict
@@ -26,7 +29,7 @@ from ..models import weights as W
 from ..models.build import model_info
 from ..models.checkpoint import read_checkpoint, save_checkpoint
 from ..transfer.class_init import class_aware_init
-from ..transfer.freeze import apply_freeze, freeze_table, param_groups, unfreeze
+from ..transfer.freeze import apply_freeze, bn_held_in_eval, freeze_table, param_groups, unfreeze
 from ..transfer.loading import TransferReport, load_matching
 from ..transfer.sources import build, source_weights
 from . import distributed as D
@@ -35,8 +38,25 @@ from .evaluate import evaluate, plain_metrics, to_device
 from .metrics import Meter
 from .optim import add_param_group, autocast_settings, build_optimizer, build_scheduler, grad_scaler
 from .plots import plot_curves
-from .precise_bn import recompute_bn_stats
+from .precise_bn import recompute_bn_stats, trainable_bn
+from .split_forward import Decoder
 from .tasks import Task, build_task
+
+# train.lr_scaling: the factor applied to train.lr for a world of N processes (global batch N x batch_size)
+LR_SCALING: dict[str, Callable[[int], float]] = {"none": lambda n: 1.0, "linear": float, "sqrt": math.sqrt}
+
+
+def _sync_batchnorm(model: nn.Module, device: torch.device) -> nn.Module:
+    """``train.sync_bn``: BatchNorm statistics over the global batch (CUDA only, nothing frozen)."""
+    if device.type != "cuda":
+        raise SegTransferError("train.sync_bn: SyncBatchNorm runs on CUDA devices only (nccl); set train.sync_bn: false")
+    if any(bn_held_in_eval(m) for m in model.modules()):
+        # convert_sync_batchnorm re-creates every BatchNorm layer: the frozen stages' layers would start
+        # updating their pretrained statistics again.
+        raise SegTransferError("train.sync_bn: frozen stages hold their BatchNorm layers in eval mode (freeze.bn: "
+                               "true), which SyncBatchNorm would undo; use freeze.bn: false, freeze.strategy: full, "
+                               "or train.sync_bn: false")
+    return nn.SyncBatchNorm.convert_sync_batchnorm(model)  # children converted in place: model.info stays
 
 
 class TrainingDiverged(SegTransferError):
@@ -67,12 +87,13 @@ class Trainer:
 
     def __init__(self, cfg: Config, run_dir: Optional[Path] = None, resume: bool = False,
                  progress: bool = True, log: Optional[Callable[[str], None]] = None) -> None:
+        t = cfg.train
+        # Under torchrun: join the process group first, so rank-0-only logging and I/O know the rank.
+        self.device = D.setup(resolve_device(None if t.device == "auto" else t.device))
         self.cfg, self.resume, self.progress = cfg, resume, progress and D.is_main()
         # flush: a run logged to a file (nohup, CI) shows each epoch as it ends
         self.log = (log or (lambda msg: print(msg, flush=True))) if D.is_main() else (lambda _msg: None)
-        t = cfg.train
         seed_everything(t.seed, t.deterministic)
-        self.device = resolve_device(None if t.device == "auto" else t.device)
         self.run_dir = Path(run_dir) if run_dir else Path(cfg.output.dir) / (cfg.output.name or _default_name(cfg))
 
         splits = build_dataset(cfg.data)
@@ -82,6 +103,8 @@ class Trainer:
         self.report = self._transfer_init()
         f = cfg.freeze
         self.freeze_state = apply_freeze(self.model, f.strategy, f.stages, f.unfreeze_from, f.bn)
+        if t.sync_bn and D.is_dist():
+            self.model = _sync_batchnorm(self.model, self.device)
         self.model.to(self.device)
 
         info = model_info(self.model)
@@ -98,8 +121,9 @@ class Trainer:
             self._build_caches()
 
         self.steps_per_epoch = max(1, math.ceil(len(self.train_set) / D.world_size() / t.batch_size / t.accumulate))
-        self.optimizer = build_optimizer(param_groups(self.model, t.lr, t.backbone_lr_mult), t.optimizer, lr=t.lr,
-                                         momentum=t.momentum, weight_decay=t.weight_decay)
+        self.lr = t.lr * LR_SCALING[t.lr_scaling](D.world_size())
+        self.optimizer = build_optimizer(param_groups(self.model, self.lr, t.backbone_lr_mult), t.optimizer,
+                                         lr=self.lr, momentum=t.momentum, weight_decay=t.weight_decay)
         self.scheduler = build_scheduler(self.optimizer, t.scheduler, total_steps=t.epochs * self.steps_per_epoch,
                                          warmup_steps=round(t.warmup_epochs * self.steps_per_epoch),
                                          step_size=t.step_epochs * self.steps_per_epoch, gamma=t.gamma)
@@ -110,6 +134,7 @@ class Trainer:
         self.unfrozen: list[str] = []
         if resume:
             self._load_state(self.run_dir / "last.pt")
+        self.net = self._wrap()
 
     # ------------------------------------------------------------------------------------- set-up
 
@@ -133,6 +158,14 @@ class Trainer:
         """The feature cache is on when asked, or by default when the backbone is wholly frozen for good."""
         wanted = self.cfg.cache.enabled
         if wanted is False:
+            return False
+        if D.is_dist():
+            # Every rank would run the backbone over the whole dataset: N copies of the work and the memory.
+            if wanted:
+                raise SegTransferError("cache.enabled: the feature cache runs on one process only (under torchrun "
+                                       "each rank would cache the whole dataset); run the cached feature extraction "
+                                       "without torchrun (it is fast), or set cache.enabled: false")
+            self.log("feature cache: off under torchrun (each rank would cache the whole dataset)")
             return False
         if self.cfg.freeze.schedule:
             if wanted:
@@ -162,9 +195,23 @@ class Trainer:
         self.log(f"feature cache: {len(train)} x {c.copies} train + {len(val)} val items, "
                  f"{(train.nbytes + val.nbytes) / 2**20:.0f} MiB, built in {time.perf_counter() - start:.1f}s")
 
+    def _forward_module(self) -> nn.Module:
+        """What a training step calls: the model on images, or a ``Decoder`` (neck and head) on cached features."""
+        return Decoder(self.model) if self.cached else self.model
+
+    def _wrap(self) -> nn.Module:
+        """The forward module, in DistributedDataParallel under torchrun. Frozen parameters stay out of its
+        buckets (DDP skips parameters that need no gradient); every registered architecture puts each
+        trainable parameter in the loss, so ``find_unused_parameters`` stays off."""
+        module = self._forward_module()
+        if not D.is_dist():
+            return module
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        return DistributedDataParallel(module, device_ids=ids)
+
     def train_loss(self, inputs: Any, targets: Any) -> torch.Tensor:
         """One batch's loss: the task runs the model on images, or its neck and head on cached features."""
-        return self.task.train_loss(self.model, inputs, targets, self.cached)
+        return self.task.train_loss(self.net, inputs, targets, self.cached)
 
     def _unfreeze_for(self, epoch: int) -> None:
         """Apply ``freeze.schedule`` entries due at ``epoch``: stages join the optimizer at the backbone LR."""
@@ -173,6 +220,7 @@ class Trainer:
                 new = unfreeze(self.model, stage, self.freeze_state)
                 if new:
                     add_param_group(self.optimizer, self.scheduler, new, self.cfg.train.backbone_lr_mult)
+                    self.net = self._wrap()  # DDP registers its parameters once: wrap again to add the new ones
                 self.unfrozen.append(stage)
                 self.log(f"epoch {epoch + 1}: unfroze {stage} ({sum(p.numel() for p in new):,} parameters)")
 
@@ -180,7 +228,8 @@ class Trainer:
 
     def train_epoch(self, epoch: int) -> float:
         t = self.cfg.train
-        torch.manual_seed(t.seed * 1000 + epoch)  # dropout etc.: a function of (seed, epoch), for exact resume
+        # dropout etc.: a function of (seed, epoch, rank), for exact resume
+        torch.manual_seed(t.seed * 1000 + epoch + 7919 * D.rank())
         self.model.train()
         loader = D.make_loader(self.train_set, t.batch_size, shuffle=True, seed=t.seed, epoch=epoch,
                                workers=t.workers, collate_fn=self.collate,
@@ -191,14 +240,19 @@ class Trainer:
                    disable=not self.progress)
         for step, (inputs, targets) in enumerate(bar):
             inputs, targets = to_device(inputs, self.device), self.task.to_device(targets, self.device)
-            with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_enabled):
-                loss = self.train_loss(inputs, targets)
-            if not torch.isfinite(loss):
-                raise TrainingDiverged(
-                    f"epoch {epoch + 1}, batch {step + 1}: loss is {loss.item()}; stopped (best.pt is intact). "
-                    f"Lower train.lr (now {t.lr}), set train.grad_clip, or train.amp=off")
-            self.scaler.scale(loss / t.accumulate).backward()
-            if (step + 1) % t.accumulate == 0 or step + 1 == len(loader):
+            update = (step + 1) % t.accumulate == 0 or step + 1 == len(loader)
+            # Accumulating: gradients stay local until the step that updates (DDP's no_sync).
+            sync = self.net.no_sync() if isinstance(self.net, DistributedDataParallel) and not update \
+                else contextlib.nullcontext()
+            with sync:
+                with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_enabled):
+                    loss = self.train_loss(inputs, targets)
+                if not torch.isfinite(loss):
+                    raise TrainingDiverged(
+                        f"epoch {epoch + 1}, batch {step + 1}: loss is {loss.item()}; stopped (best.pt is intact). "
+                        f"Lower train.lr (now {self.lr:g}), set train.grad_clip, or train.amp=off")
+                self.scaler.scale(loss / t.accumulate).backward()
+            if update:
                 if t.grad_clip:
                     self.scaler.unscale_(self.optimizer)
                     torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip)
@@ -209,7 +263,8 @@ class Trainer:
             total += loss.item() * len(targets)
             count += len(targets)
             bar.set_postfix(loss=f"{total / count:.4f}")
-        return total / max(count, 1)
+        loss_sum, items = D.all_sum(total, count)  # every rank's items: the epoch's mean loss
+        return loss_sum / max(items, 1)
 
     def precise_bn(self, epoch: int) -> int:
         """``train.precise_bn``: BatchNorm statistics recomputed over that many train batches (fixed
@@ -221,12 +276,18 @@ class Trainer:
         loader = D.make_loader(self.train_set, t.batch_size, shuffle=True, seed=t.seed + 1, epoch=epoch,
                                workers=t.workers, collate_fn=self.collate, drop_last=len(self.train_set) > t.batch_size)
 
+        # The unwrapped module: DDP would overwrite every rank's statistics with rank 0's at each forward.
+        forward = self._forward_module()
+
         def step(batch: Any) -> None:
             inputs, targets = batch
             with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_enabled):
-                self.train_loss(to_device(inputs, self.device), self.task.to_device(targets, self.device))
+                self.task.train_loss(forward, to_device(inputs, self.device), self.task.to_device(targets, self.device),
+                                     self.cached)
 
-        return recompute_bn_stats(self.model, loader, step, n)
+        used = recompute_bn_stats(self.model, loader, step, n)
+        D.average_buffers(trainable_bn(self.model))  # each rank saw its shard: the mean over all of them
+        return used
 
     @torch.inference_mode()
     def evaluate(self) -> tuple[float, dict[str, Any], Meter]:
@@ -279,6 +340,11 @@ class Trainer:
         self.log(f"run folder: {self.run_dir}")
         self.log(f"data: {len(self.train_set)} train / {len(self.val_set)} val images, "
                  f"{len(self.classes)} classes; device {self.device}")
+        t, world = self.cfg.train, D.world_size()
+        if world > 1:
+            self.log(f"distributed: {world} processes ({D.backend()}); batch {t.batch_size} per process x {world} "
+                     f"x accumulate {t.accumulate} = {t.batch_size * world * t.accumulate} per step; "
+                     f"lr {t.lr:g} x {LR_SCALING[t.lr_scaling](world):g} (train.lr_scaling: {t.lr_scaling}) = {self.lr:g}")
         if self.report is not None:
             self.log(self.report.format())
         self.log(freeze_table(self.model))

@@ -19,7 +19,6 @@ from ...models.preprocess import Preprocess
 from ..losses import WEIGHT_METHODS, class_weights_from_counts
 from ..metrics import ClassificationMeter, Meter
 from ..plots import confusion_report, plot_classifications, sample_predictions, spread
-from ..split_forward import decode
 from .base import Task
 
 TOP_K = 5
@@ -28,8 +27,8 @@ TOP_K = 5
 # ------------------------------------------------------------------------------------------ task
 def classify(model: nn.Module, inputs: Any, cached: bool) -> torch.Tensor:
     """Logits of images, or of cached pooled features (the classifier layers only)."""
-    if cached:
-        return decode(model, inputs, ())["out"]
+    if cached:  # model is then a split_forward.Decoder (maybe in DDP): the classifier layers on features
+        return model(inputs, ())["out"]
     out = model(inputs)
     return out.logits if hasattr(out, "logits") else out  # Inception's (logits, aux) in train mode
 

@@ -13,14 +13,13 @@ from ...data.segmentation import SegCollate, build_transforms
 from ..losses import SegmentationCriterion, build_loss
 from ..metrics import Meter, SegmentationMeter
 from ..plots import confusion_report, plot_predictions, sample_predictions
-from ..split_forward import decode
 from .base import Task
 
 
 def segmentation_forward(model: nn.Module, inputs: Any, size: Any, cached: bool) -> dict[str, torch.Tensor]:
     """The model on images, or its neck and head on cached backbone features."""
-    if cached:
-        return decode(model, inputs, size)
+    if cached:  # model is then a split_forward.Decoder (maybe in DDP): neck and head on features
+        return model(inputs, size)
     return model(inputs)
 
 
