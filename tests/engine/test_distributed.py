@@ -2,8 +2,9 @@
 at the global batch, exact distributed evaluation, and a failing rank ending the job.
 
 Equivalence holds to float rounding only where the trainable part of the model has no BatchNorm in
-training mode (BatchNorm's batch statistics over B images differ from those over 2B), so the models
-below freeze their backbones (BatchNorm held in eval) and train GroupNorm or norm-free heads."""
+training mode (BatchNorm's batch statistics over B images differ from those over 2B) and where each
+process's loss normaliser is its share of the one-process normaliser, so the models below freeze their
+backbones (BatchNorm held in eval) and train GroupNorm or norm-free heads, or have no BatchNorm at all."""
 from __future__ import annotations
 
 import json
@@ -111,7 +112,29 @@ EQUIVALENCE = {
     "classification": lambda tmp: classification_config(tmp),
     # the same with gradient accumulation: 2 micro-batches of 2 per process and step (DDP's no_sync)
     "classification_accumulate": lambda tmp: classification_config(tmp, batch_size=2, accumulate=2),
+    "detection": lambda tmp: detection_config(tmp),
 }
+
+
+# SSD's hard negative mining sorts each image's background losses; convolutions over a batch of 2 and of 4
+# round differently (~1e-7), which can reorder near-tied negatives and so pick a few others: measured 1.4e-5.
+TOLERANCE = {"detection": 1e-4}
+
+
+def detection_config(tmp: Path) -> dict:
+    """SSD300-VGG16 (no BatchNorm anywhere; hard negative mining, no random sampling as in R-CNN).
+    SSD divides each batch's loss by its number of matched anchors: every image has the same two boxes and
+    no augmentation moves them, so each process's count is half the one-process count and the losses agree.
+    (Faster R-CNN samples proposals with the global RNG, a different stream per process: not comparable.)"""
+    boxes = {f"img{i}": xml([("cat", (4, 5, 30, 28)), ("dog", (30, 10, 55, 36))]) for i in range(5)}
+    root = voc_tree(tmp / "det", boxes, train=[f"img{i}" for i in range(4)], val=["img4"])
+    # SSD300's extra layers need its 300-pixel input: the smallest that runs
+    return {"model": {"name": "ssd300_vgg16", "weights": None, "backbone_weights": None},
+            "data": {"format": "voc_boxes", "root": str(root), "classes": ["cat", "dog"]},
+            "augment": {"train": [], "val": []},
+            "train": {"epochs": 2, "batch_size": 2, "val_batch_size": 1, "optimizer": "sgd", "lr": 0.001,
+                      "scheduler": "none", "amp": "off", "device": "cpu"},
+            "output": {"dir": str(tmp / "runs"), "name": "run", "num_predictions": 0}}
 
 
 def classification_config(tmp: Path, **train) -> dict:
@@ -130,8 +153,8 @@ def classification_config(tmp: Path, **train) -> dict:
 @pytest.mark.parametrize("task", sorted(EQUIVALENCE))
 def test_two_processes_match_one_at_double_batch(task, tmp_path, one_thread):
     """2 processes at batch B reach the weights of 1 process at batch 2B (same order, same augmentation).
-    Tolerance 1e-5: DDP averages the two ranks' mean gradients where one process takes one mean over 2B
-    items, so only float32 summation order differs (about 1e-7 per step, a few steps)."""
+    Tolerance 1e-5 of each tensor's scale (at least 1): DDP averages the two ranks' mean gradients where one
+    process takes one mean over 2B items, so only float32 summation order differs (about 1e-7 per step)."""
     cfg = EQUIVALENCE[task](tmp_path)
     double = json.loads(json.dumps(cfg))
     double["train"]["batch_size"] *= 2 * double["train"].pop("accumulate", 1)
@@ -146,11 +169,13 @@ def test_two_processes_match_one_at_double_batch(task, tmp_path, one_thread):
     a, b = weights(one.run_dir), weights(tmp_path / "runs" / "two")
     floats = [k for k in a if a[k].is_floating_point()]
     # training moved the head: the comparison is not between two untouched models
-    assert max(float((a[k] - start[k]).abs().max()) for k in floats) > 1e-2
-    gap = max(float((a[k] - b[k]).abs().max()) for k in floats)
+    assert max(float((a[k] - start[k]).abs().max()) for k in floats) > 1e-4
+    # relative to each tensor's scale: SSD's L2-norm scale weights sit near 20, where float32 spacing is 2e-6
+    gaps = {k: float((a[k] - b[k]).abs().max()) / max(1.0, float(a[k].abs().max())) for k in floats}
+    worst = max(gaps, key=gaps.__getitem__)
     print(f"{task}: largest weight difference, 2 processes x {batch} x accumulate {accumulate} vs 1 x "
-          f"{double['train']['batch_size']}: {gap:.2e}")
-    assert gap <= 1e-5, gap
+          f"{double['train']['batch_size']}: {gaps[worst]:.2e} ({worst})")
+    assert gaps[worst] <= TOLERANCE.get(task, 1e-5), (worst, gaps[worst])
 
 
 EVAL_SCRIPT = '''
