@@ -10,6 +10,7 @@ from PIL import Image, ImageDraw, ImageFont
 from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
 
 MASK_THRESHOLD = 0.5  # torchvision's Mask R-CNN masks are per-pixel probabilities
+VOID = 255  # the palette entry of unlabelled pixels: Pascal VOC's cream border colour, unlike any class's
 
 
 def palette(n: int = 256) -> np.ndarray:

@@ -24,7 +24,7 @@ from torch import nn
 from ..errors import unknown
 from ..io import atomic_path, read_image
 from ..models.build import model_info
-from ..viz import draw_boxes, palette
+from ..viz import VOID, draw_boxes, palette
 
 PathLike = Union[str, os.PathLike]
 ArrayLike = Union[np.ndarray, torch.Tensor]
@@ -176,10 +176,12 @@ def _mask(mask: ArrayLike) -> np.ndarray:
 
 
 def colorize(mask: np.ndarray, num_classes: int, ignore_index: int = 255) -> np.ndarray:
-    """HxWx3 uint8 in the VOC palette; ``ignore_index`` (and any label outside the classes) is black."""
+    """HxWx3 uint8 in the VOC palette; ``ignore_index`` (and any label outside the classes) gets VOC's void
+    colour, which no class shares (class 0 is black: CamVid's sky and its ignored pixels looked alike)."""
     valid = (mask >= 0) & (mask < num_classes) & (mask != ignore_index)
-    rgb = palette(max(num_classes, 1))[np.where(valid, mask, 0).astype(np.int64)]
-    rgb[~valid] = 0
+    colours = palette()
+    rgb = colours[np.where(valid, mask, 0).astype(np.int64)]
+    rgb[~valid] = colours[VOID]
     return rgb
 
 
@@ -220,7 +222,8 @@ def plot_predictions(images: Sequence[Any], targets: Sequence[ArrayLike], preds:
     colours = palette(max(len(classes), 1)) / 255.0
     handles = [Patch(facecolor=colours[c], edgecolor="0.5", label=str(classes[c])) for c in sorted(present)]
     if has_ignore:
-        handles.append(Patch(facecolor="black", edgecolor="0.5", label=f"ignored ({ignore_index}), not scored"))
+        handles.append(Patch(facecolor=palette()[VOID] / 255.0, edgecolor="0.5",
+                             label=f"ignored ({ignore_index}), not scored"))
     if handles:
         fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 6), fontsize=8)
     return _save(fig, path)

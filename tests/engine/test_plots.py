@@ -123,12 +123,19 @@ def test_predictions_limits_samples(tmp_path):
     assert few.size == many.size
 
 
-def test_colorize_uses_the_voc_palette_and_blacks_out_ignore():
+def test_colorize_uses_the_voc_palette_and_a_void_colour_no_class_has():
     mask = np.array([[0, 1, 2], [255, 7, 3]])
     rgb = plots.colorize(mask, num_classes=4, ignore_index=255)
     pal = palette()
-    assert (rgb[0, 1] == pal[1]).all() and (rgb[1, 2] == pal[3]).all()
-    assert (rgb[1, 0] == 0).all() and (rgb[1, 1] == 0).all()  # ignored, and a label outside the classes
+    assert (rgb[0, 0] == pal[0]).all() and (rgb[0, 1] == pal[1]).all() and (rgb[1, 2] == pal[3]).all()
+    # ignored, and a label outside the classes: VOC's void colour, not black (class 0's colour)
+    assert (rgb[1, 0] == pal[255]).all() and (rgb[1, 1] == pal[255]).all()
+    assert not any((pal[255] == pal[c]).all() for c in range(255))
+
+
+@pytest.mark.parametrize("n, length, expected", [(4, 10, [0, 3, 6, 9]), (4, 2, [0, 1]), (1, 5, [0]), (3, 0, [])])
+def test_prediction_samples_spread_over_the_split(n, length, expected):
+    assert plots.spread(n, length) == expected
 
 
 def test_confusion(tmp_path, leak_check):

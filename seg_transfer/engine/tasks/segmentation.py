@@ -12,7 +12,7 @@ from ...data.checks import label_frequencies
 from ...data.segmentation import SegCollate, build_transforms
 from ..losses import SegmentationCriterion, build_loss
 from ..metrics import Meter, SegmentationMeter
-from ..plots import confusion_report, plot_predictions, sample_predictions
+from ..plots import confusion_report, plot_predictions, sample_predictions, spread
 from .base import Task
 
 
@@ -68,7 +68,8 @@ class SegmentationTask(Task):
         return lines + [f"  {name:<20} IoU {float(iou):.4f}" for name, iou in zip(self.classes, metrics["iou"])]
 
     def plot_predictions(self, model: nn.Module, dataset: Any, n: int, device: torch.device, path: Path) -> None:
-        images, targets, preds = sample_predictions(model, dataset, range(min(n, len(dataset))), device,
+        # Spread over the split: neighbouring video frames (CamVid) would show one scene n times.
+        images, targets, preds = sample_predictions(model, dataset, spread(n, len(dataset)), device,
                                                     lambda out: out["out"].argmax(1)[0].cpu().numpy())
         plot_predictions(images, [t.numpy() for t in targets], preds, self.classes, path,
                          ignore_index=self.ignore_index)
