@@ -19,7 +19,7 @@ from ..models.build import model_info
 from ..models.checkpoint import load_checkpoint
 from . import distributed as D
 from .metrics import Meter
-from .split_forward import Decoder
+from .split_forward import forward_module
 from .tasks import Task, build_task
 
 
@@ -31,7 +31,7 @@ def evaluate(model: nn.Module, dataset: Any, task: Task, device: torch.device, b
     (transformed items, or cached features with ``cached=True``). Under torchrun each rank scores its
     own shard (no item twice) and the meters and losses are summed over ranks: the figures are exact."""
     model.eval()
-    forward = Decoder(model) if cached else model
+    forward = forward_module(model, cached)
     meter = task.meter()
     loader = D.make_loader(dataset, batch_size, shuffle=False, seed=0, collate_fn=collate or task.collate, pad=False)
     total, count = 0.0, 0

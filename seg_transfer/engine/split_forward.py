@@ -104,6 +104,11 @@ def used_features(model: nn.Module, feats: Mapping[str, torch.Tensor], size: Seq
     return keys if same else list(feats)
 
 
+def forward_module(model: nn.Module, cached: bool) -> nn.Module:
+    """What a step calls: ``model`` on images, or a ``Decoder`` (the rest of it) on cached features."""
+    return Decoder(model) if cached else model
+
+
 class Decoder(nn.Module):
     """``decode`` as a module, for wrappers that must see a forward (DistributedDataParallel, compile)."""
 

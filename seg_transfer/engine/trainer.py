@@ -39,7 +39,7 @@ from .metrics import Meter
 from .optim import add_param_group, autocast_settings, build_optimizer, build_scheduler, grad_scaler
 from .plots import plot_curves
 from .precise_bn import recompute_bn_stats, trainable_bn
-from .split_forward import Decoder
+from .split_forward import forward_module
 from .tasks import Task, build_task
 
 # train.lr_scaling: the factor applied to train.lr for a world of N processes (global batch N x batch_size)
@@ -197,7 +197,7 @@ class Trainer:
 
     def _forward_module(self) -> nn.Module:
         """What a training step calls: the model on images, or a ``Decoder`` (neck and head) on cached features."""
-        return Decoder(self.model) if self.cached else self.model
+        return forward_module(self.model, self.cached)
 
     def _wrap(self) -> nn.Module:
         """The forward module, in DistributedDataParallel under torchrun. Frozen parameters stay out of its

@@ -19,9 +19,7 @@ from . import classification, detection, segmentation
 from . import weights as W
 from .backbones import BACKBONES
 from .necks import NECKS
-from .preprocess import Preprocess
-
-Built = tuple[nn.Module, Preprocess, list[str]]
+from .preprocess import Built, Preprocess
 
 
 @dataclass(frozen=True)

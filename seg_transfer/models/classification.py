@@ -25,11 +25,10 @@ from ..config import ModelConfig
 from ..errors import ConfigError, unknown
 from . import weights as W
 from .backbones import Backbone, build_backbone
-from .preprocess import Preprocess
+from .preprocess import Built, Preprocess
 from .stages import STAGE_SPLITS
 
 POOLS = ("avg", "max", "avgmax")
-Built = tuple[nn.Module, Preprocess, list[str]]
 
 
 def classification_preprocess(transforms: Any, resize: Optional[int] = None) -> Preprocess:

@@ -8,7 +8,6 @@ as the weights' ``ObjectDetection`` preset does. Channel counts are read from th
 """
 from __future__ import annotations
 
-import typing
 from collections import OrderedDict
 from dataclasses import dataclass
 from functools import partial
@@ -17,7 +16,6 @@ from typing import Any, Callable, Optional, Sequence, cast
 
 import torch
 import torch.nn.functional as F
-import torchvision
 from torch import nn
 from torchvision.models import WeightsEnum
 from torchvision.models.detection._utils import retrieve_out_channels
@@ -34,10 +32,9 @@ from ..errors import ConfigError
 from . import weights as W
 from .backbones import Backbone, build_backbone
 from .necks import NECKS, Neck
-from .preprocess import Preprocess
+from .preprocess import Built, Preprocess
 
 BACKGROUND = "__background__"
-Built = tuple[nn.Module, Preprocess, list[str]]
 
 
 def is_detector(model: nn.Module) -> bool:
@@ -231,7 +228,7 @@ def build_zoo(cfg: ModelConfig) -> Built:
         if len(names) != official:
             replace_class_predictors(model, len(names))
     else:
-        enum, default_bb = _backbone_weights(tv_name)
+        enum, default_bb = W.backbone_weights_enum(tv_name)
         bb = W.resolve(tv_name, cfg.backbone_weights, "backbone_weights", enum=enum)
         if isinstance(bb, WeightsEnum) and default_bb is not None \
                 and str(cfg.backbone_weights).split(".")[-1] == "DEFAULT":
@@ -246,16 +243,6 @@ def build_zoo(cfg: ModelConfig) -> Built:
         model, _ = W.build_torchvision(tv_name, None, "weights", num_classes=len(names), weights_backbone=bb)
     set_input_size(model, cfg.resize)
     return _train_all(model), detection_preprocess(), names
-
-
-def _backbone_weights(tv_name: str) -> tuple[type[WeightsEnum], Optional[WeightsEnum]]:
-    """The backbone weights enum of torchvision builder ``tv_name`` and the builder's own default entry
-    (None for the v2 builders, whose recipe does not name one: DEFAULT is then the enum's)."""
-    default = W.builder_parameters(tv_name)["weights_backbone"].default
-    if default is not None:
-        return type(default), default
-    hint = typing.get_type_hints(torchvision.models.get_model_builder(tv_name))["weights_backbone"]
-    return next(a for a in typing.get_args(hint) if isinstance(a, type) and issubclass(a, WeightsEnum)), None
 
 
 # ------------------------------------------------------------------------------------ assembled

@@ -6,6 +6,7 @@ from typing import Any, Optional
 
 import torch
 import torchvision.transforms.functional as TF
+from torch import nn
 from torchvision.transforms import InterpolationMode
 
 
@@ -56,3 +57,7 @@ class Preprocess:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Preprocess:
         return cls(**{**data, "mean": tuple(data["mean"]), "std": tuple(data["std"])})
+
+
+# What every model builder returns: the model, its preprocessing and its class names.
+Built = tuple[nn.Module, Preprocess, list[str]]

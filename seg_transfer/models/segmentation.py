@@ -30,9 +30,7 @@ from ..errors import ConfigError, unknown
 from . import weights as W
 from .backbones import Backbone, build_backbone
 from .necks import NECKS, aspp_rates
-from .preprocess import Preprocess
-
-Built = tuple[nn.Module, Preprocess, list[str]]
+from .preprocess import Built, Preprocess
 
 
 def _up(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
@@ -185,11 +183,6 @@ ZOO: dict[str, SegmentationZoo] = {name: SegmentationZoo(name) for name in (
     "deeplabv3_mobilenet_v3_large", "lraspp_mobilenet_v3_large")}
 
 
-def _backbone_enum(tv_name: str) -> type[WeightsEnum]:
-    default = W.builder_parameters(tv_name)["weights_backbone"].default
-    return type(default)
-
-
 def replace_classifiers(model: nn.Module, old: int, new: int) -> list[str]:
     """Re-create the final 1x1 convs (``old`` outputs) of ``classifier``/``aux_classifier`` with ``new``
     outputs; every other pretrained layer is kept. Returns the names replaced."""
@@ -227,7 +220,7 @@ def build_zoo(cfg: ModelConfig) -> Built:
             replace_classifiers(model, official["num_classes"], num_classes)
             default = None
     else:
-        bb = W.resolve(tv_name, cfg.backbone_weights, "backbone_weights", enum=_backbone_enum(tv_name))
+        bb = W.resolve(tv_name, cfg.backbone_weights, "backbone_weights", enum=W.backbone_weights_enum(tv_name)[0])
         if isinstance(bb, WeightsEnum):
             W.ensure_cached(tv_name, bb, "backbone_weights")
         elif bb is not None:

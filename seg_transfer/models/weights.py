@@ -12,6 +12,7 @@ import inspect
 import os
 import pickle
 import shutil
+import typing
 import urllib.error
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,6 +86,16 @@ def resolve(model: str, spec: Spec, key: str = "weights",
 def builder_parameters(model: str) -> Mapping[str, inspect.Parameter]:
     """The keyword parameters of torchvision builder ``model`` (``weights_backbone``, ``aux_loss``...)."""
     return inspect.signature(torchvision.models.get_model_builder(model)).parameters
+
+
+def backbone_weights_enum(model: str) -> tuple[type[WeightsEnum], Optional[WeightsEnum]]:
+    """The backbone weights enum of torchvision builder ``model`` and the builder's own default entry
+    (None for builders whose recipe names none, e.g. the v2 detectors: DEFAULT is then the enum's)."""
+    default = builder_parameters(model)["weights_backbone"].default
+    if default is not None:
+        return type(default), default
+    hint = typing.get_type_hints(torchvision.models.get_model_builder(model))["weights_backbone"]
+    return next(a for a in typing.get_args(hint) if isinstance(a, type) and issubclass(a, WeightsEnum)), None
 
 
 def official_arch_kwargs(model: str, weights: Optional[WeightsEnum] = None) -> dict[str, Any]:
