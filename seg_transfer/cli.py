@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 from .errors import SegTransferError
 
+_AUTO_TILE_MP = 16  # predict.tiling.AUTO_TILE_PIXELS in megapixels (not imported: --help stays torch-free)
+
 if TYPE_CHECKING:
     from .predict import Predictor
 
@@ -30,13 +32,24 @@ def _err(msg: str) -> None:
 # ------------------------------------------------------------------------------------------- infer
 
 def _predictor(args: argparse.Namespace) -> Predictor:
-    """The model infer runs: a checkpoint, or a zoo name / config file built with the CLI's overrides."""
+    """The model infer runs: a checkpoint, an exported file, or a zoo name / config file built with the
+    CLI's overrides; on the backend, tiling and TTA the flags ask for."""
     from .predict import Predictor
 
+    runtime = {"tile": args.tile, "overlap": args.overlap, "tta": args.tta}
+    backend = {"backend": args.backend or "torch", "fast": args.fast}
+    if args.model_file:
+        if args.weights is not None or args.backbone_weights is not None or args.fast:
+            raise SegTransferError("--weights/--backbone-weights/--fast do not apply to --model-file")
+        predictor = Predictor.from_file(args.model_file, backend=args.backend or "", device=args.device, **runtime)
+        if args.resize is not None:
+            import dataclasses
+            predictor.preprocess = dataclasses.replace(predictor.preprocess, resize_size=args.resize or None)
+        return predictor
     if args.checkpoint:
         if args.weights is not None or args.backbone_weights is not None:
             raise SegTransferError("--weights/--backbone-weights do not apply to --checkpoint (its weights are inside)")
-        predictor = Predictor.from_checkpoint(args.checkpoint, device=args.device)
+        predictor = Predictor.from_checkpoint(args.checkpoint, device=args.device, **backend, **runtime)
         if args.resize is not None:
             import dataclasses
             predictor.preprocess = dataclasses.replace(predictor.preprocess, resize_size=args.resize or None)
@@ -51,7 +64,7 @@ def _predictor(args: argparse.Namespace) -> Predictor:
             cfg[key] = None if spec.lower() in ("none", "null") else spec
     if args.resize is not None:
         cfg["resize"] = args.resize
-    return Predictor(build(cfg), device=args.device)
+    return Predictor(build(cfg), device=args.device, **backend, **runtime)
 
 
 def _predict_options(args: argparse.Namespace, predictor: Predictor) -> dict[str, Any]:
@@ -70,8 +83,17 @@ def _predict_options(args: argparse.Namespace, predictor: Predictor) -> dict[str
         if not 0.0 <= args.score_threshold <= 1.0:
             raise SegTransferError(f"--score-threshold: expected a number from 0 to 1, got {args.score_threshold}")
         options["score_threshold"] = args.score_threshold
+    if args.threshold is not None:  # binary segmentation: foreground where its probability >= this
+        if not predictor.binary:
+            what = f"a {len(predictor.classes)}-class segmentation model" if task == "segmentation" else task
+            raise SegTransferError(f"--threshold applies to binary segmentation models, not {what}")
+        if not 0.0 <= args.threshold <= 1.0:
+            raise SegTransferError(f"--threshold: expected a number from 0 to 1, got {args.threshold}")
+        options["threshold"] = args.threshold
     if task == "detection" and args.classes:  # the class filter, also for describe()
         options["classes"] = args.classes
+    if task == "segmentation" and args.classes:  # tiled predictions keep only these probabilities
+        options["keep"] = args.classes
     for c in args.classes:
         if c not in predictor.classes:
             raise unknown("class", c, predictor.classes, "--class")
@@ -126,6 +148,49 @@ def cmd_infer(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+# ------------------------------------------------------------------------------------------- export
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .predict.backends import check_export
+    from .predict.export import default_path, export_model
+
+    predictor = _predictor(args)
+    assert predictor.model is not None
+    name = args.model if not (args.checkpoint or args.config) else Path(args.checkpoint or args.config).stem
+    out = Path(args.out) if args.out else default_path(args.checkpoint, name, args.format)
+    if not args.quiet:
+        print(f"exporting {predictor.task} model ({len(predictor.classes)} classes) to {args.format}...", file=sys.stderr)
+    path = export_model(predictor.model, out, args.format, opset=args.opset, dynamic=not args.static)
+    size = path.stat().st_size / 2**20
+    print(f"wrote {path} ({size:.1f} MB): task {predictor.task}, classes and preprocessing inside")
+    if not args.no_check:
+        diff = check_export(predictor.model, path)
+        print(f"checked against eager PyTorch on a random input: {diff}")
+    return 0
+
+
+def _add_export(sub: Any) -> None:
+    exp = sub.add_parser("export", help="write a model as ONNX or TorchScript, classes and preprocessing inside",
+                         description="Export for deployment; run the file with `seg-transfer infer --model-file` "
+                                     "or your own onnxruntime script (see the README's Deploy section).")
+    src = exp.add_mutually_exclusive_group()
+    src.add_argument("--model", default="fcn_resnet50", help="zoo model name (default: fcn_resnet50)")
+    src.add_argument("--checkpoint", help="a seg_transfer checkpoint (.pt) from fine-tuning")
+    src.add_argument("--config", help="a YAML file whose model: block describes the model")
+    exp.add_argument("--weights", help="weights spec for --model: DEFAULT, an enum member, a .pth file or none")
+    exp.add_argument("--backbone-weights", help="backbone weights spec (as for infer)")
+    exp.add_argument("--format", choices=("onnx", "torchscript"), default="onnx", help="default: onnx")
+    exp.add_argument("--out", help="output file (default: beside the checkpoint, or <model>.onnx here)")
+    exp.add_argument("--opset", type=int, default=18, help="ONNX opset (default 18; detectors need >= 11)")
+    exp.add_argument("--static", action="store_true", help="fix batch and image size to the example input's "
+                     "(default: dynamic batch, height and width)")
+    exp.add_argument("--resize", type=int, help="shorter side the exported preprocessing resizes to")
+    exp.add_argument("--no-check", action="store_true", help="skip running the file once against eager PyTorch")
+    exp.add_argument("-q", "--quiet", action="store_true")
+    exp.set_defaults(func=cmd_export, device="cpu", model_file=None, backend=None, fast=False, tile=None,
+                     overlap=128, tta=None)
+
+
 # -------------------------------------------------------------------------------- finetune, evaluate
 
 def _load_run_config(args: argparse.Namespace):
@@ -139,11 +204,14 @@ def _load_run_config(args: argparse.Namespace):
     return load_config(path, args.overrides)
 
 
-def _check_data(cfg, quiet: bool = False) -> int:
-    """Scan the whole dataset; print every problem; the number of errors."""
+def _check_data(cfg, quiet: bool = False, progress: bool = True) -> int:
+    """Scan the whole dataset (a progress bar once it takes 2 s); print every problem; the number of errors."""
     from .data.checks import check_dataset
+    from .models.build import is_binary
 
-    problems = check_dataset(cfg.data)
+    # checked as a binary model reads its masks (0/255 are fine there)
+    binary = bool(cfg.model.binary or cfg.model.num_classes == 1) and is_binary(cfg.model)
+    problems = check_dataset(cfg.data, progress=progress, binary=binary)
     errors = [p for p in problems if getattr(p, "severity", "error") == "error"]
     if _rank() not in (None, "0"):  # under torchrun every rank scans; one prints
         return len(errors)
@@ -157,8 +225,8 @@ def _check_data(cfg, quiet: bool = False) -> int:
 def cmd_finetune(args: argparse.Namespace) -> int:
     cfg = _load_run_config(args)
     if args.check_data:
-        return 1 if _check_data(cfg) else 0
-    if _check_data(cfg, quiet=True):
+        return 1 if _check_data(cfg, progress=not args.quiet) else 0
+    if _check_data(cfg, quiet=True, progress=not args.quiet):
         raise SegTransferError("the dataset has problems (listed above); fix them, or run with --check-data "
                                "to list them again")
     from .engine import distributed as D
@@ -166,7 +234,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 
     try:  # under torchrun every rank leaves the process group, also on error: no rank waits on a dead peer
         trainer = Trainer(cfg, run_dir=Path(args.resume) if args.resume else args.run_dir,
-                          resume=bool(args.resume), progress=not args.quiet)
+                          resume=bool(args.resume), progress=not args.quiet, command=_command(args))
         result = trainer.fit()
         if D.is_main():
             print(f"best val {trainer.task.metric_label} {result.best:.4f} at epoch {result.best_epoch}; "
@@ -180,13 +248,81 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .engine.evaluate import evaluate_checkpoint
 
     cfg = _load_run_config(args)
+    from .models.tta import TTA
+
     report = evaluate_checkpoint(cfg, args.checkpoint, out_dir=args.out, device=args.device,
-                                 progress=not args.quiet)
+                                 progress=not args.quiet, command=_command(args), tta=TTA.parse(args.tta))
     first, *rest = report["summary"]
-    print(f"{first}  ({report['images']} images)")
+    print(f"{first}  ({report['images']} images" + (f", TTA {report['tta']})" if report['tta'] else ")"))
     for line in rest:
         print(line)
     print(f"report: {report['out_dir']}/ ({', '.join(report['files'])})")
+    return 0
+
+
+def _cv_configs(paths: Sequence[str], overrides: Sequence[str], quiet: bool = False) -> list:
+    """The configs of ``cv`` / ``compare`` with the shared overrides, each dataset checked once."""
+    from .config import load_config
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise SegTransferError("cv and compare run one process; start them without torchrun")
+    configs = [load_config(path, overrides) for path in paths]
+    for k, (path, cfg) in enumerate(zip(paths, configs)):
+        if cfg.data in [c.data for c in configs[:k]]:
+            continue  # the same data block: scanned already
+        if _check_data(cfg, quiet=True, progress=not quiet):
+            raise SegTransferError(f"{path}: the dataset has problems (listed above); fix them, or list them "
+                                   f"with seg-transfer finetune {path} --check-data")
+    return configs
+
+
+def _cv_status(*summaries: dict) -> int:
+    """0 when every run completed, 2 when none did, 1 otherwise."""
+    done = sum(s["completed"] for s in summaries)
+    failed = sum(s["failed"] for s in summaries)
+    return 0 if not failed else 2 if not done else 1
+
+
+def cmd_cv(args: argparse.Namespace) -> int:
+    from .engine.cv import format_summary, run_cv
+
+    (cfg,) = _cv_configs([args.config], args.overrides, args.quiet)
+    out = args.out or Path(cfg.output.dir) / f"cv_{Path(args.config).stem}"
+    summary = run_cv(cfg, folds=args.folds, seeds=args.seeds, out=out, limit_train=args.limit_train,
+                     progress=not args.quiet, log=(lambda _m: None) if args.quiet else print,
+                     source=args.config, overrides=args.overrides)
+    print("\n" + format_summary(summary))
+    print(f"summary: {out}/ (cv_summary.json, cv_summary.csv, cv.png)")
+    return _cv_status(summary)
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from .engine.compare import run_compare
+    from .engine.cv import format_summary
+
+    a, b = args.configs
+    cfg_a, cfg_b = _cv_configs([a, b], args.overrides, args.quiet)
+    out = args.out or Path(cfg_a.output.dir) / f"compare_{Path(a).stem}_vs_{Path(b).stem}"
+    result = run_compare(cfg_a, cfg_b, folds=args.folds, seeds=args.seeds, out=out, limit_train=args.limit_train,
+                         progress=not args.quiet, log=(lambda _m: None) if args.quiet else print, sources=(a, b),
+                         overrides=args.overrides)
+    for summary in result["summaries"]:
+        print("\n" + format_summary(summary))
+    print(f"\nA = {a}, B = {b}: {result['verdict']}")
+    print(f"comparison: {out}/compare.json; runs in {out}/A and {out}/B")
+    return _cv_status(*result["summaries"])
+
+
+def _command(args: argparse.Namespace) -> Optional[list[str]]:
+    """The command line as typed (``main`` keeps its argv), recorded in the run folder to reproduce the run."""
+    argv = getattr(args, "argv", None)
+    return ["seg-transfer", *argv] if argv is not None else None
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .engine.report import write_report
+
+    print(f"report: {write_report(args.run_dir, args.out)}")
     return 0
 
 
@@ -194,6 +330,16 @@ def cmd_advise(args: argparse.Namespace) -> int:
     from .advise import advise
 
     print(advise(args.num_images, args.similarity).snippet())
+    return 0
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from .data.convert import convert, source_block
+
+    done = convert(source_block(args.source, args.options), args.out, progress=not args.quiet,
+                   overwrite=args.overwrite)
+    print(f"wrote {done.images} images ({done.train} train, {done.val} val) to {done.out}/ in the {done.layout} "
+          f"layout; {done.out}/dataset.yaml holds the data: block that reads it back")
     return 0
 
 
@@ -333,9 +479,23 @@ def _add_infer(sub: Any) -> None:
     inf.add_argument("--score-threshold", type=float, metavar="S", help="detection: draw and list the boxes "
                      "scoring at least S (default 0.5); with --class NAME only NAME's boxes; --json: boxes, "
                      "labels and scores")
+    inf.add_argument("--threshold", type=float, metavar="T", help="binary segmentation: foreground where its "
+                     "probability is at least T (default 0.5); writes <stem>_mask.png (0/255) and <stem>_prob.png")
     inf.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
     inf.add_argument("--resize", type=int, help="shorter side fed to the model (default: the weights' own)")
     inf.add_argument("-q", "--quiet", action="store_true", help="no per-image lines or progress bar")
+    dep = inf.add_argument_group("deployment and speed")
+    src.add_argument("--model-file", help="a model written by `seg-transfer export` (.onnx, .torchscript): "
+                     "classes and preprocessing are inside")
+    dep.add_argument("--backend", choices=("torch", "onnxruntime", "openvino"),
+                     help="what runs the model (default: torch; an .onnx --model-file: onnxruntime); "
+                     "onnxruntime/openvino export the model to ONNX first")
+    dep.add_argument("--fast", action="store_true", help="torch backend: fold BatchNorm, run channels-last")
+    dep.add_argument("--tile", type=int, metavar="PX", help="segmentation, detection: sliding-window inference "
+                     f"at full resolution with PX-pixel tiles (0: never; default: only above {_AUTO_TILE_MP} MP)")
+    dep.add_argument("--overlap", type=int, default=128, metavar="PX", help="tile overlap (default 128)")
+    dep.add_argument("--tta", metavar="SPEC", help="test-time augmentation: flip, scales=0.75,1,1.25 or both "
+                     "(flip,scales=...)")
     inf.set_defaults(func=cmd_infer)
 
 
@@ -360,8 +520,68 @@ def _add_finetune_evaluate(sub: Any) -> None:
     ev.add_argument("--checkpoint", required=True, help="a seg_transfer checkpoint (best.pt)")
     ev.add_argument("--out", help="report folder (default: <checkpoint folder>/eval)")
     ev.add_argument("--device", default="cpu")
+    ev.add_argument("--tta", metavar="SPEC", help="score with test-time augmentation: flip, scales=0.75,1,1.25 "
+                    "or both (flip,scales=...), to see what it buys before deploying it")
     ev.add_argument("-q", "--quiet", action="store_true")
     ev.set_defaults(func=cmd_evaluate)
+
+
+def _add_cv(sub: Any) -> None:
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="applied to every run, e.g. train.epochs=3")
+        p.add_argument("--folds", type=int, default=5, metavar="K", help="number of folds (default 5); with "
+                       "data.group_regex, K = the number of groups leaves one group out")
+        p.add_argument("--seeds", type=int, default=1, metavar="N", help="train each fold with N seeds "
+                       "(train.seed, +1, ...; default 1)")
+        p.add_argument("--limit-train", type=int, metavar="N", help="train on N items of each fold (a fixed "
+                       "random subset: quick screening)")
+        p.add_argument("--out", type=Path, metavar="DIR", help="output folder (default: output.dir/cv_<config> "
+                       "or compare_<a>_vs_<b>)")
+        p.add_argument("-q", "--quiet", action="store_true", help="no progress bars or epoch lines")
+
+    cv = sub.add_parser("cv", help="cross-validate a config: K folds x N seeds, mean +- std of every metric",
+                        description="K-fold cross-validation over the config's train and val images pooled: "
+                                    "whole groups stay in one fold (data.group_regex), classes are balanced "
+                                    "over folds (classification). Every fold is a normal run folder, "
+                                    "DIR/fold<k>_seed<s>/; the summary is DIR/cv_summary.json, .csv and cv.png.")
+    cv.add_argument("config", help="YAML config")
+    common(cv)
+    cv.set_defaults(func=cmd_cv)
+    cmp = sub.add_parser("compare", help="two recipes on the same folds and seeds: is B really better than A?",
+                         description="Cross-validate two configs on the same folds and seeds and compare the "
+                                     "task's main metric (mIoU, AP or accuracy) fold by fold: paired "
+                                     "differences, a 95%% confidence interval (paired t) and a verdict, "
+                                     "written to DIR/compare.json.")
+    cmp.add_argument("configs", nargs=2, metavar="CONFIG", help="recipe A, then recipe B")
+    common(cmp)
+    cmp.set_defaults(func=cmd_compare)
+
+
+def _add_report(sub: Any) -> None:
+    rep = sub.add_parser("report", help="write RUN_DIR/report.html: one self-contained page about a run",
+                         description="One HTML page (pictures inlined, no network) from a fine-tune's run folder "
+                                     "or an evaluate --out folder: config, transfer report, curves, per-class "
+                                     "table, confusion matrix, best and worst val images, timings, and the "
+                                     "command that reproduces the run.")
+    rep.add_argument("run_dir", metavar="RUN_DIR", help="a run folder (output.dir/output.name) or evaluate's --out")
+    rep.add_argument("--out", help="where to write the page (default: RUN_DIR/report.html)")
+    rep.set_defaults(func=cmd_report)
+
+
+def _add_convert(sub: Any) -> None:
+    conv = sub.add_parser("convert", help="write a dataset as folder masks, COCO JSON or class folders",
+                          description="Write what training reads from a dataset in the toolkit's own layout, to "
+                                      "inspect and version it: segmentation as the folder format (images, palette "
+                                      "PNG masks, train.txt/val.txt), detection as COCO JSON, classification as "
+                                      "class folders. E.g. seg-transfer convert labelme annotations/ --out ds/, "
+                                      "seg-transfer convert run.yaml data.root=/data/x --out ds/")
+    conv.add_argument("source", metavar="CONFIG_OR_FORMAT", help="a config file (its data: block) or a format name")
+    conv.add_argument("options", nargs="*", metavar="KEY=VALUE",
+                      help="config overrides (data.root=...), or the format's options (root=DIR, or DIR alone)")
+    conv.add_argument("--out", required=True, help="output folder (new or empty)")
+    conv.add_argument("--overwrite", action="store_true", help="write into a folder that holds files already")
+    conv.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    conv.set_defaults(func=cmd_convert)
 
 
 def _add_weights(sub: Any) -> None:
@@ -389,7 +609,9 @@ def build_parser() -> argparse.ArgumentParser:
                                 "and classification on torchvision models.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_infer(sub)
+    _add_export(sub)
     _add_finetune_evaluate(sub)
+    _add_cv(sub)
     adv = sub.add_parser("advise", help="recommend a transfer strategy for your dataset size and similarity")
     adv.add_argument("--num-images", type=int, required=True, help="labelled training images")
     adv.add_argument("--similarity", choices=("high", "low"), required=True,
@@ -398,11 +620,24 @@ def build_parser() -> argparse.ArgumentParser:
     mod = sub.add_parser("models", help="list backbones, necks, and each task's zoo models and heads")
     mod.set_defaults(func=cmd_models)
     _add_weights(sub)
+    _add_report(sub)
+    _add_convert(sub)
     return p
 
 
+def _note(message: Warning | str, category: type[Warning], filename: str, lineno: int, line: Optional[str] = None) -> str:
+    """Warnings as one line: seg_transfer's own read as notes, others keep their origin."""
+    if "seg_transfer" in filename.replace(os.sep, "/").split("/"):
+        return f"seg-transfer: note: {message}\n"
+    return f"{Path(filename).name}:{lineno}: {category.__name__}: {message}\n"
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    import warnings
+
+    warnings.formatwarning = _note
     args = build_parser().parse_args(argv)
+    args.argv = list(argv) if argv is not None else sys.argv[1:]  # recorded by finetune/evaluate in the run folder
     try:
         return args.func(args)
     except SegTransferError as err:

@@ -30,6 +30,8 @@ class ModelConfig:
     head: Optional[str] = None
     num_classes: Optional[int] = None
     classes: Optional[list[str]] = None
+    # segmentation: one sigmoid channel, foreground vs background (num_classes: 1 says the same)
+    binary: Optional[bool] = None
     weights: Optional[str] = "DEFAULT"
     backbone_weights: Optional[str] = "DEFAULT"
     output_stride: Optional[int] = None
@@ -107,8 +109,10 @@ def from_dict(cls: type[T], data: Union[T, Mapping[str, Any], None], where: str 
             raise unknown("key", path, [f"{where}.{n}" if where else n for n in names])
         kwargs[key] = _check(value, hints[key], path)
         choices = fields[key].metadata.get("choices")
-        if choices and kwargs[key] is not None and kwargs[key] not in choices:
-            raise unknown("value", f"{kwargs[key]}", choices, path)
+        if choices and kwargs[key] is not None:
+            for i, item in enumerate(kwargs[key] if isinstance(kwargs[key], list) else [kwargs[key]]):
+                if item not in choices:
+                    raise unknown("value", f"{item}", choices, f"{path}[{i}]" if isinstance(kwargs[key], list) else path)
     return cls(**kwargs)
 
 
@@ -188,10 +192,11 @@ class TrainConfig:
     warmup_epochs: float = 0.0
     step_epochs: int = 10
     gamma: float = 0.1
-    loss: Any = "ce"
+    loss: Any = None  # None: the task's default (ce; binary segmentation: bce + dice)
     class_weights: Any = None
     aux_weight: float = 0.5
     label_smoothing: float = 0.0  # classification cross-entropy
+    threshold: float = 0.5  # binary segmentation: foreground where the sigmoid is >= this (val metrics, plots)
     amp: str = _choice("auto", "auto", "off", "bf16", "fp16")
     grad_clip: Optional[float] = None
     accumulate: int = 1
@@ -205,6 +210,8 @@ class TrainConfig:
     # torchrun: the learning rate for N processes is lr x N (linear), lr x sqrt(N) (sqrt) or lr (none)
     lr_scaling: str = _choice("none", "none", "linear", "sqrt")
     sync_bn: bool = False  # torchrun on CUDA: BatchNorm statistics over the global batch (SyncBatchNorm)
+    # where per-step/per-epoch figures go: csv (metrics.csv), tensorboard (event files; extra [tensorboard])
+    loggers: list[str] = field(default_factory=lambda: ["csv"], metadata={"choices": ("csv", "tensorboard")})
 
 
 @dataclass

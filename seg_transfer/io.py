@@ -151,6 +151,12 @@ def save_text(text: str, path: Union[str, os.PathLike]) -> Path:
     return Path(path)
 
 
+def save_bytes(data: bytes, path: Union[str, os.PathLike]) -> Path:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
+
+
 def resolve_device(device: Union[str, torch.device, None]) -> torch.device:
     """``'cpu'``, ``'cuda'``, ``'cuda:1'`` or None (CUDA when available); a missing GPU is a clear error."""
     if device is None:

@@ -57,6 +57,24 @@ def test_evaluate_prints_per_class_and_writes_report(finished_run, tmp_path, cap
     assert np.asarray(report["confusion"]).shape == (len(CLASSES), len(CLASSES))
 
 
+def test_evaluate_with_tta_scores_the_augmented_model(finished_run, tmp_path, capsys):
+    """--tta flip scores the flip-averaged model (a one-epoch model predicts the majority class either
+    way, so its val loss shows the difference), recorded in metrics.json; a bad spec fails before anything
+    is written."""
+    run, cfg = finished_run
+    plain, flipped = tmp_path / "plain", tmp_path / "flip"
+    assert main(["evaluate", cfg, "--checkpoint", str(run / "best.pt"), "--out", str(plain), "-q"]) == 0
+    assert main(["evaluate", cfg, "--checkpoint", str(run / "best.pt"), "--out", str(flipped), "-q",
+                 "--tta", "flip"]) == 0
+    assert ", TTA flip,scales=1)" in capsys.readouterr().out
+    a, b = (json.loads((d / "metrics.json").read_text()) for d in (plain, flipped))
+    assert (a["tta"], b["tta"]) == (None, "flip,scales=1")
+    assert 0 <= b["miou"] <= 1 and abs(a["val_loss"] - b["val_loss"]) > 1e-6
+    assert main(["evaluate", cfg, "--checkpoint", str(run / "best.pt"), "--out", str(tmp_path / "bad"),
+                 "--tta", "flop"]) == 2
+    assert "unknown part 'flop'" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+
+
 def test_evaluate_other_folder_by_override(finished_run, data_root, tmp_path, capsys):
     """Score on any folder of images + masks without editing files (data.split=all: every image)."""
     run, cfg = finished_run
@@ -111,7 +129,8 @@ def test_check_data_reports_every_problem_and_training_refuses(data_root, tmp_pa
     bad = tmp_path / "bad"
     shutil.copytree(data_root, bad)
     masks = sorted((bad / "masks").iterdir())
-    Image.new("RGB", (64, 64), (0, 128, 0)).save(masks[0])  # a colour mask: the classic mistake
+    # a colour mask in no known palette: the classic mistake ((0, 128, 0), VOC's class 2, would be read as 2)
+    Image.new("RGB", (64, 64), (0, 120, 0)).save(masks[0])
     masks[1].unlink()  # a missing mask
     cfg = write_config(tmp_path / "c.yaml", bad, tmp_path / "runs")
     assert main(["finetune", cfg, "--check-data"]) == 1

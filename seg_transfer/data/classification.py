@@ -82,6 +82,7 @@ class ImageFolderDataset(ImageDataset):
         self.files, self.labels, self.classes = list(files), [int(v) for v in labels], list(classes)
         self.root, self.transform = root, transform
         self.ignore_index = IGNORE_INDEX
+        self.decoded = False  # True: each file was decoded when the dataset was built (skip_bad), found whole
 
     def __len__(self) -> int:
         return len(self.files)
@@ -96,9 +97,9 @@ class ImageFolderDataset(ImageDataset):
         return read_rgb(self.files[i]), self.labels[i]
 
     def inspect(self, i: int) -> tuple[Optional[np.ndarray], list[Problem]]:
-        """(label as a 0-d array, or None when unusable; every problem of file ``i``) after a full decode;
-        never raises for bad data (``checks.check_dataset`` calls it for every file)."""
-        problems = check_image(self.files[i], decode=True)
+        """(label as a 0-d array, or None when unusable; every problem of file ``i``) after a full decode (made
+        here, or when the dataset was built); never raises for bad data (``checks.check_dataset`` calls it)."""
+        problems = check_image(self.files[i], decode=not self.decoded)
         ok = not any(p.severity == "error" for p in problems)
         return (np.array(self.labels[i]) if ok else None), problems
 

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import copy
 import os
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Optional, Sequence, Union
+from typing import Any, Callable, Iterable, Iterator, Optional, Sequence, TypeVar, Union
 
 import numpy as np
 import torch.utils.data
-from PIL import ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
+from tqdm import tqdm
 
 from ..errors import BadInputError, suggest
 from ..io import IMAGE_EXTENSIONS, open_image, read_image
@@ -19,6 +21,8 @@ from .problems import Problem, fail
 
 PathLike = Union[str, os.PathLike]
 ORIENTATION = 0x0112  # the EXIF tag io.read_image honours
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 def stem(name: str) -> str:
@@ -37,16 +41,53 @@ def read_rgb(path: PathLike) -> np.ndarray:
         raise fail(Problem("unreadable", str(path), f"image {err}")) from None
 
 
-def image_file_shape(path: PathLike) -> tuple[int, int]:
-    """(H, W) of an image file as ``read_rgb`` returns it, from the header: no RGB copy is made."""
+def image_file_shape(path: PathLike, decode: bool = True) -> tuple[int, int]:
+    """(H, W) of an image file as ``read_rgb`` returns it; no RGB copy is made. ``decode=True`` decodes the
+    pixels too (the data check: finds truncated files), ``decode=False`` reads the header only."""
     try:
-        with open_image(path) as img:
+        if decode:
+            img = open_image(path)
+        else:
+            try:
+                img = Image.open(path)
+            except (OSError, UnidentifiedImageError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+                raise BadInputError(f"{path}: not an image file ({err})") from None
+        with img:
             width, height = img.size
-            # EXIF orientations 5-8 are quarter turns: read_image swaps the sides
-            turned = img.getexif().get(ORIENTATION, 1) in (5, 6, 7, 8)
+            # EXIF orientations 5-8 are quarter turns: read_image swaps the sides. A PNG's getexif decodes the
+            # whole file to look for an eXIf chunk after the pixels: a header read takes what the header has.
+            header_only = not decode and img.format == "PNG" and "exif" not in img.info
+            turned = not header_only and img.getexif().get(ORIENTATION, 1) in (5, 6, 7, 8)
     except BadInputError as err:
         raise fail(Problem("unreadable", str(path), f"image {err}")) from None
     return (width, height) if turned else (height, width)
+
+
+class InlineImage(os.PathLike):
+    """An image stored inside another file (LabelMe's ``imageData``): what a dataset's ``images`` may hold
+    instead of a path. ``path`` is the file that holds it (also its ``os.fspath``), ``name`` its stem."""
+
+    path: Path
+    name: str
+
+    def __fspath__(self) -> str:
+        return str(self.path)
+
+    def read(self) -> np.ndarray:
+        """RGB uint8 HxWx3; a DataError names the file."""
+        raise NotImplementedError
+
+    def shape(self) -> tuple[int, int]:
+        """(H, W) as ``read`` returns it."""
+        raise NotImplementedError
+
+
+ImageRef = Union[Path, InlineImage]  # an entry of a dataset's ``images``
+
+
+def ref_name(ref: Union[PathLike, InlineImage]) -> str:
+    """The stem that names an image (a file's, or an inline image's ``name``)."""
+    return ref.name if isinstance(ref, InlineImage) else stem(str(ref))
 
 
 def read_mask(path: PathLike) -> np.ndarray:
@@ -126,6 +167,22 @@ def thread_pool() -> ThreadPoolExecutor:
     return ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1))
 
 
+def progress_bar(total: int, desc: str, unit: str = "file", enabled: bool = True) -> tqdm:
+    """A bar with a count and an estimate on stderr, shown only once the loop has run 2 s (short scans stay quiet)."""
+    return tqdm(total=total, desc=desc, unit=unit, delay=2, leave=False, file=sys.stderr, disable=not enabled,
+                dynamic_ncols=True)
+
+
+def scan(fn: Callable[[T], R], items: Sequence[T], desc: str, enabled: bool = True) -> list[R]:
+    """``[fn(x) for x in items]`` on the thread pool, in order, under a ``progress_bar``."""
+    out: list[R] = []
+    with thread_pool() as pool, progress_bar(len(items), desc, enabled=enabled) as bar:
+        for result in pool.map(fn, items):
+            out.append(result)
+            bar.update()
+    return out
+
+
 class ImageDataset(torch.utils.data.Dataset):
     """The base of the three task datasets: ``read(i)`` gives the raw item, ``transform(*item)`` is applied last."""
 
@@ -163,7 +220,7 @@ class ImageDataset(torch.utils.data.Dataset):
 class AnnotatedImages(ImageDataset):
     """Image files (``images``) each paired with an annotation by name: the base of segmentation and box datasets."""
 
-    images: list[Path]
+    images: list[ImageRef]
 
     def __len__(self) -> int:
         return len(self.images)
@@ -171,15 +228,17 @@ class AnnotatedImages(ImageDataset):
     @property
     def names(self) -> list[str]:
         """File stems, in dataset order."""
-        return [stem(str(p)) for p in self.images]
+        return [ref_name(p) for p in self.images]
 
     def read_image(self, i: int) -> np.ndarray:
         """Image ``i`` as RGB uint8 HxWx3 (EXIF orientation and modes handled by ``io.read_image``)."""
-        return read_rgb(self.images[i])
+        ref = self.images[i]
+        return ref.read() if isinstance(ref, InlineImage) else read_rgb(ref)
 
-    def image_shape(self, i: int) -> tuple[int, int]:
-        """(H, W) of image ``i`` as ``read_image`` returns it, from the header: no RGB copy is made."""
-        return image_file_shape(self.images[i])
+    def image_shape(self, i: int, decode: bool = True) -> tuple[int, int]:
+        """(H, W) of image ``i`` as ``read_image`` returns it; no RGB copy is made (``image_file_shape``)."""
+        ref = self.images[i]
+        return ref.shape() if isinstance(ref, InlineImage) else image_file_shape(ref, decode)
 
 
 @dataclass

@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
 
 from ..errors import ConfigError, unknown
-from .common import AnnotatedImages, DataSplits
+from .common import AnnotatedImages, DataSplits, ImageRef
 from .problems import DataError, Problem, fail
 from .split import report_empty
 from .transforms import A, build_step, reseed
@@ -126,7 +125,7 @@ class BoxDataset(AnnotatedImages):
 
     ignore_index = -1  # no pixel labels: nothing to ignore (DataSplits carries the field for segmentation)
 
-    def __init__(self, images: Sequence[Path], annotations: Sequence[Any], *, classes: Sequence[str],
+    def __init__(self, images: Sequence[ImageRef], annotations: Sequence[Any], *, classes: Sequence[str],
                  reader: Reader, bad_boxes: str = "error", has_masks: bool = False,
                  transform: Optional[Transform] = None):
         if len(images) != len(annotations):
@@ -191,7 +190,7 @@ class BoxDataset(AnnotatedImages):
         return image, target
 
 
-def make_box_splits(images: Sequence[Path], annotations: Sequence[Any], train: Sequence[int],
+def make_box_splits(images: Sequence[ImageRef], annotations: Sequence[Any], train: Sequence[int],
                     val: Sequence[int], *, classes: Sequence[str], reader: Reader, bad_boxes: str,
                     where: str, has_masks: bool = False) -> DataSplits:
     """The chosen indices as train and val BoxDatasets; an empty split is a problem."""

@@ -13,7 +13,7 @@ from typing import Mapping, Optional, Sequence, Union
 
 from ..errors import ConfigError, suggest
 from .classification import IGNORE_INDEX, ImageFolderDataset, check_image, relative_name
-from .common import DataSplits, PathLike, thread_pool
+from .common import DataSplits, PathLike, scan
 from .problems import Problem, fail, report
 from .split import SPLITS, check_ratio, n_val, report_empty
 
@@ -21,8 +21,7 @@ _SKIP_REPORTED: set[tuple[str, int]] = set()  # said once per process
 
 
 def _scan(files: Sequence[Path], decode: bool) -> list[list[Problem]]:
-    with thread_pool() as pool:
-        return list(pool.map(lambda p: check_image(p, decode), files))
+    return scan(lambda p: check_image(p, decode), files, "checking images")
 
 
 def _class_folders(root: Path, classes: Union[Sequence[str], Mapping[str, str], None]
@@ -149,6 +148,8 @@ def build_imagefolder(root: PathLike, *, classes: Union[Sequence[str], Mapping[s
     report_empty(train, val, str(root), "val_ratio or the list files")
 
     def subset(idx: Sequence[int]) -> ImageFolderDataset:
-        return ImageFolderDataset([files[i] for i in idx], [labels[i] for i in idx], names, root)
+        split = ImageFolderDataset([files[i] for i in idx], [labels[i] for i in idx], names, root)
+        split.decoded = skip_bad  # every file was decoded above: the data check need not decode it again
+        return split
 
     return DataSplits(subset(train), subset(val), names, IGNORE_INDEX)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import sys
+import threading
 from dataclasses import dataclass
 from typing import Iterator, Optional, Sequence
 
@@ -17,7 +19,10 @@ from ..errors import SegTransferError
 KINDS = ("missing_path", "unreadable", "missing_mask", "missing_image", "duplicate_name", "lossy_mask",
          "rgb_mask", "binary_mask", "size_mismatch", "label_range", "empty_split", "bad_list", "absent_class",
          "bad_box", "unknown_class",  # box annotations (detection.py)
-         "name_spaces", "not_photo", "converted")  # class folders (classification.py)
+         "name_spaces", "not_photo", "converted",  # class folders (classification.py)
+         "unknown_colour",  # colour masks (colors.py)
+         "bad_shape", "clipped",  # annotation-tool files (labelme.py, yolo.py)
+         "overlap")  # list files: val inside train (split.py)
 
 
 @dataclass(frozen=True)
@@ -75,3 +80,29 @@ def report(problems: Sequence[Problem]) -> None:
     if found is None:
         raise fail(problems[0], len(problems) - 1)
     found.extend(problems)
+
+
+_said: set[str] = set()
+_said_lock = threading.Lock()
+
+
+def say_once(message: str) -> None:
+    """Print ``message`` to stderr once per process: the data check and the Trainer each build the dataset."""
+    with _said_lock:
+        if message in _said:
+            return
+        _said.add(message)
+    print(message, file=sys.stderr, flush=True)
+
+
+def warn(problems: Sequence[Problem]) -> None:
+    """Warnings found while building a dataset: recorded inside ``collecting()`` (the data check lists them),
+    else each printed once; training goes on either way."""
+    found = _collector.get()
+    for problem in problems:
+        if found is not None:
+            found.append(problem)
+            with _said_lock:  # listed by the check: the Trainer's build need not say it again
+                _said.add(f"warning: {problem}")
+        else:
+            say_once(f"warning: {problem}")

@@ -8,11 +8,14 @@ from ..errors import ConfigError, unknown
 from .coco import build_coco
 from .coco_boxes import build_coco_boxes
 from .common import DataSplits
+from .cvat_masks import build_cvat_masks
 from .folder import build_folder
 from .imagefolder import build_imagefolder
 from .instance_masks import build_instance_masks
+from .labelme import build_labelme, build_labelme_boxes
 from .voc import build_voc
 from .voc_boxes import build_voc_boxes
+from .yolo import build_yolo
 
 # Every builder takes the data root first and the format's own options as keywords, and returns DataSplits.
 DATASETS: dict[str, Callable[..., DataSplits]] = {
@@ -23,6 +26,10 @@ DATASETS: dict[str, Callable[..., DataSplits]] = {
     "voc_boxes": build_voc_boxes,  # detection: VOC XML boxes
     "coco_boxes": build_coco_boxes,  # detection: COCO instances JSON (boxes, masks: true for Mask R-CNN)
     "instance_masks": build_instance_masks,  # detection: instance-id mask PNGs (Penn-Fudan)
+    "labelme": build_labelme,  # segmentation: LabelMe JSON shapes painted into masks
+    "labelme_boxes": build_labelme_boxes,  # detection: LabelMe JSON rectangles (and shapes' bounding boxes)
+    "cvat_masks": build_cvat_masks,  # segmentation: CVAT's "Segmentation mask 1.1" export (labelmap.txt colours)
+    "yolo": build_yolo,  # detection: YOLO txt boxes with data.yaml / classes.txt names
 }
 
 

@@ -2,12 +2,13 @@
 the rules a mask must satisfy, and the joint image/mask transforms and collate.
 
 A mask holds one class index per pixel; ``label_map`` rewrites raw values first and ``ignore_index``
-marks pixels that count as no class. Every rule names the file and the fix.
+marks pixels that count as no class. Every rule names the file and the fix. A binary model's data
+(``binary_splits``) also reads 0/255 masks, 255 as the foreground (``BINARY_RULE``).
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
-from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Sequence
 
 import numpy as np
@@ -15,7 +16,8 @@ import torch
 
 from ..errors import ConfigError
 from ..models.preprocess import Preprocess
-from .common import AnnotatedImages, DataSplits, read_mask
+from .colors import Palette, colour_indices
+from .common import AnnotatedImages, DataSplits, ImageRef, read_mask
 from .problems import DataError, Problem, fail
 from .split import report_empty
 from .transforms import A, build_pipeline, reseed
@@ -47,30 +49,33 @@ def distinct(values: np.ndarray) -> np.ndarray:
     return np.unique(values)
 
 
-def _colours(rgb: np.ndarray, limit: int = 6) -> str:
-    colours, counts = np.unique(rgb.reshape(-1, 3), axis=0, return_counts=True)
-    top = colours[np.argsort(-counts)][:limit]
-    listed = ", ".join(str(tuple(int(v) for v in c)) for c in top)
-    return listed + (f", ... ({len(colours)} colours)" if len(colours) > limit else "")
-
-
 def _hw(shape: Sequence[int]) -> str:
     return f"{shape[0]}x{shape[1]}"
 
 
 def check_mask(raw: np.ndarray, *, name: str, num_classes: int, ignore_index: int,
                label_map: Optional[Mapping[int, int]] = None, image_name: str = "",
-               image_shape: Optional[Sequence[int]] = None) -> tuple[Optional[np.ndarray], list[Problem]]:
-    """Label-map and check one raw mask -> (int64 HxW labels, or None when unusable; its problems)."""
+               image_shape: Optional[Sequence[int]] = None,
+               colors: Optional[Palette] = None, binary: bool = False) -> tuple[Optional[np.ndarray], list[Problem]]:
+    """Label-map and check one raw mask -> (int64 HxW labels, or None when unusable; its problems).
+
+    An RGB mask is read through ``colors`` (``colors.colour_indices``; without it, the VOC colormap when
+    every colour is one of its); grey stored as RGB is read as indices. ``binary`` (a binary model's
+    data): 0 is background, 1 and 255 foreground (``BINARY_RULE``).
+    """
     problems: list[Problem] = []
     if raw.ndim == 3:
         colour = raw[..., :3] if raw.shape[2] >= 3 else raw[..., :1]
-        if colour.shape[2] == 3 and not (np.array_equal(colour[..., 0], colour[..., 1])
-                                         and np.array_equal(colour[..., 0], colour[..., 2])):
-            return None, [Problem("rgb_mask", name, (
-                f"mask {name} is RGB ({raw.shape[2]} channels): save class indices as a single-channel "
-                f"PNG (mode L or P), one index per pixel, not colours; colours found: {_colours(colour)}"))]
-        raw = colour[..., 0]  # grey stored as RGB, or grey + alpha: the indices are all there
+        if colour.shape[2] == 3 and (colors is not None or not (
+                np.array_equal(colour[..., 0], colour[..., 1]) and np.array_equal(colour[..., 0], colour[..., 2]))):
+            indices, problem = colour_indices(colour, name=name, colors=colors, num_classes=num_classes,
+                                              channels=raw.shape[2])
+            if problem is not None:
+                return None, [problem]
+            assert indices is not None  # colour_indices gives one of the two
+            raw = indices
+        else:
+            raw = colour[..., 0]  # grey stored as RGB, or grey + alpha: the indices are all there
     if raw.ndim != 2:
         return None, [Problem("unreadable", name, f"mask {name} has shape {raw.shape}: expected HxW")]
     if np.issubdtype(raw.dtype, np.floating) and not np.array_equal(raw, np.round(raw)):
@@ -82,20 +87,25 @@ def check_mask(raw: np.ndarray, *, name: str, num_classes: int, ignore_index: in
             f"mask {name} is {_hw(raw.shape)} but image {image_name} is {_hw(image_shape)} (HxW)"
             + ("; the sides are swapped: an EXIF rotation on one of them?" if swapped else ""))))
     raw_values = [int(v) for v in distinct(raw)]
+    if binary:
+        label_map, problem = _binary_label_map(raw_values, label_map, name)
+        if problem is not None:
+            return None, [problem]
     mapped = [(label_map or {}).get(v, v) for v in raw_values]
     bad = sorted({v for v in mapped if not 0 <= v < num_classes and v != ignore_index})
     # 0/255 masks are the usual binary-mask mistake: out of range, or (two classes, 255 ignored) silently
     # never showing class 1. label_map {255: 255} declares 255 a real ignore value and silences this.
-    binary = set(raw_values) <= {0, 255} and 255 in raw_values and 255 not in (label_map or {})
-    if binary and (bad or (num_classes == 2 and ignore_index == 255)):
+    zero_255 = set(raw_values) <= {0, 255} and 255 in raw_values and 255 not in (label_map or {})
+    if zero_255 and (bad or (num_classes == 2 and ignore_index == 255)):
         problems.append(Problem("binary_mask", name, (
             f"mask {name} holds only 0 and 255: a binary mask saved as 0/255; divide it by 255 "
             "or set label_map {255: 1} (if 255 really marks pixels to ignore, say so with label_map "
-            "{255: 255})")))
+            "{255: 255}); a binary model (model.binary: true) reads 0/255 masks as they are")))
     elif bad:
         shown = ", ".join(map(str, bad[:8])) + (", ..." if len(bad) > 8 else "")
         hint = (f"; is {num_classes} a void label? map it to the ignore index with label_map "
-                f"{{{num_classes}: {ignore_index}}}" if bad == [num_classes] else
+                f"{{{num_classes}: {ignore_index}}}" if bad == [num_classes] and not binary else
+                f"; {BINARY_RULE}: map the others with label_map (e.g. {{{bad[0]}: 1}})" if binary else
                 f"; fix the masks or map these values with label_map (e.g. {{{bad[0]}: {ignore_index}}})")
         problems.append(Problem("label_range", name, (
             f"mask {name} holds labels outside [0, {num_classes}) other than the ignore value "
@@ -104,16 +114,36 @@ def check_mask(raw: np.ndarray, *, name: str, num_classes: int, ignore_index: in
     return mask, problems
 
 
+# A binary model's masks: foreground/background masks come as 0/1 or as 0/255 (what image editors and most
+# published binary datasets save), so 255 is the foreground there, not the ignore value. A mask that holds
+# 1 and 255 follows the VOC habit of 255 as a void border: ambiguous, so it is a problem, and label_map
+# {255: 255} (or any label_map entry for 255) says what 255 is.
+BINARY_RULE = "a binary model reads 0 as background and 1 or 255 as foreground"
+
+
+def _binary_label_map(values: Sequence[int], label_map: Optional[Mapping[int, int]],
+                      name: str) -> tuple[Optional[dict[int, int]], Optional[Problem]]:
+    """The label map a binary model's mask is read with: 255 -> 1 unless ``label_map`` says what 255 is."""
+    given = dict(label_map or {})
+    if 255 in given:
+        return given, None
+    if 1 in values and 255 in values:
+        return None, Problem("binary_mask", name, (
+            f"mask {name} holds 0, 1 and 255: {BINARY_RULE}, so which is 255? if it marks pixels to ignore "
+            "(a void border), set label_map {255: 255}; if it is foreground too, label_map {255: 1}"))
+    return {**given, 255: 1}, None
+
+
 class SegDataset(AnnotatedImages):
     """Image/mask pairs read raw (uint8 HxWx3, int64 HxW labels) and checked; ``transform`` is applied last.
 
     ``masks`` holds one reference per image (a mask file path, or what ``mask_reader`` understands).
     """
 
-    def __init__(self, images: Sequence[Path], masks: Sequence[Any], *, classes: Sequence[str],
+    def __init__(self, images: Sequence[ImageRef], masks: Sequence[Any], *, classes: Sequence[str],
                  ignore_index: int = 255, label_map: Optional[Mapping[int, int]] = None,
                  mask_reader: Callable[[Any], np.ndarray] = read_mask,
-                 transform: Optional[Transform] = None):
+                 transform: Optional[Transform] = None, colors: Optional[Palette] = None):
         if len(images) != len(masks):
             raise ValueError(f"{len(images)} images but {len(masks)} masks")
         self.images = list(images)
@@ -123,6 +153,8 @@ class SegDataset(AnnotatedImages):
         self.label_map = dict(label_map) if label_map else None
         self.mask_reader = mask_reader
         self.transform = transform
+        self.colors = colors  # the palette of RGB masks (colors.parse_colors), or None: VOC's when all match
+        self.binary = False  # a binary model's data (``binary_splits``): 255 is foreground, not ignored
 
     def read_mask(self, i: int) -> np.ndarray:
         """Mask ``i`` as int64 HxW class indices (label map applied, labels checked; image not read)."""
@@ -160,7 +192,8 @@ class SegDataset(AnnotatedImages):
                image_shape: Optional[Sequence[int]] = None) -> tuple[Optional[np.ndarray], list[Problem]]:
         return check_mask(raw, name=str(self.masks[i]), num_classes=self.num_classes,
                           ignore_index=self.ignore_index, label_map=self.label_map,
-                          image_name=str(self.images[i]), image_shape=image_shape)
+                          image_name=str(self.images[i]), image_shape=image_shape, colors=self.colors,
+                          binary=self.binary)
 
 
 def check_classes(classes: Optional[Sequence[str]], ignore_index: int) -> list[str]:
@@ -189,17 +222,40 @@ def check_label_map(label_map: Optional[Mapping[Any, Any]]) -> Optional[dict[int
     return dict(label_map)
 
 
-def make_splits(images: Sequence[Path], masks: Sequence[Any], train: Sequence[int], val: Sequence[int], *,
+def make_splits(images: Sequence[ImageRef], masks: Sequence[Any], train: Sequence[int], val: Sequence[int], *,
                 classes: Sequence[str], ignore_index: int, label_map: Optional[Mapping[int, int]],
-                where: str, mask_reader: Callable[[Any], np.ndarray] = read_mask) -> DataSplits:
+                where: str, mask_reader: Callable[[Any], np.ndarray] = read_mask,
+                colors: Optional[Palette] = None) -> DataSplits:
     """Wrap the chosen indices of ``images``/``masks`` as train and val SegDatasets; an empty split is a problem."""
     report_empty(train, val, where)
 
     def subset(idx: Sequence[int]) -> SegDataset:
         return SegDataset([images[i] for i in idx], [masks[i] for i in idx], classes=classes,
-                          ignore_index=ignore_index, label_map=label_map, mask_reader=mask_reader)
+                          ignore_index=ignore_index, label_map=label_map, mask_reader=mask_reader, colors=colors)
 
     return DataSplits(subset(train), subset(val), list(classes), ignore_index)
+
+
+def binary_splits(splits: DataSplits) -> DataSplits:
+    """The data of a binary model (one sigmoid channel): the same files, classes [background, foreground],
+    masks read by ``BINARY_RULE``. ``data.classes`` gives the foreground alone or background first."""
+    if not all(isinstance(ds, SegDataset) for ds in splits):
+        raise ConfigError(f"model.binary: a binary model trains on segmentation masks, but this data format "
+                          f"gives {type(splits.train).__name__} items")
+    classes = list(splits.classes)
+    if len(classes) == 1:
+        classes = ["background", *classes]
+    if len(classes) != 2:
+        raise ConfigError(f"data.classes: a binary model needs 2 classes (background, then the foreground) or "
+                          f"the foreground alone, got {len(classes)}: {', '.join(classes)}")
+
+    def convert(ds: SegDataset) -> SegDataset:
+        out = copy.copy(ds)
+        out.classes, out.binary = classes, True
+        return out
+
+    assert isinstance(splits.train, SegDataset) and isinstance(splits.val, SegDataset)  # for mypy: checked above
+    return DataSplits(convert(splits.train), convert(splits.val), classes, splits.ignore_index)
 
 
 # ------------------------------------------------------------------------------------ transforms

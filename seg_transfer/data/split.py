@@ -1,4 +1,5 @@
-"""Train/val split of a list of file names: by ratio with a seed, by list files, or by whole groups."""
+"""Train/val split of a list of file names: by ratio with a seed, by list files, or by whole groups;
+and the K folds of cross-validation (plain, stratified by class, or by whole groups)."""
 from __future__ import annotations
 
 import os
@@ -9,7 +10,7 @@ from typing import Optional, Sequence
 
 from ..errors import ConfigError, unknown
 from .common import PathLike, stem
-from .problems import Problem, fail, report
+from .problems import Problem, fail, report, warn
 
 SPLITS = ("ratio", "list", "group", "all")
 
@@ -71,8 +72,8 @@ def n_val(n: int, val_ratio: float) -> int:
     return min(max(round(n * val_ratio), 1), n - 1) if n >= 2 else 0
 
 
-def _by_group(names: Sequence[str], regex: str, val_groups: Optional[Sequence[str]],
-              val_ratio: float, seed: int) -> tuple[list[int], list[int]]:
+def group_keys(names: Sequence[str], regex: str) -> list[str]:
+    """The group key of each file name: ``regex``'s first capturing group, searched in the base name."""
     try:
         pattern = re.compile(regex)
     except re.error as err:
@@ -85,6 +86,12 @@ def _by_group(names: Sequence[str], regex: str, val_groups: Optional[Sequence[st
         if match is None or match.group(1) is None:
             raise ConfigError(f"group_regex {regex!r} does not match file name '{name}'")
         keys.append(match.group(1))
+    return keys
+
+
+def _by_group(names: Sequence[str], regex: str, val_groups: Optional[Sequence[str]],
+              val_ratio: float, seed: int) -> tuple[list[int], list[int]]:
+    keys = group_keys(names, regex)
     groups = sorted(set(keys))
     if val_groups is not None:
         for group in val_groups:
@@ -113,11 +120,12 @@ def _by_list(names: Sequence[str], train_list: Optional[PathLike], val_list: Opt
              root: Optional[PathLike]) -> tuple[list[int], list[int]]:
     index = {stem(name): i for i, name in enumerate(names)}
     chosen: dict[str, list[int]] = {}
+    paths: dict[str, Path] = {}
     problems = []
     for side, listed in (("train", train_list), ("val", val_list)):
         if listed is None:
             continue
-        path = Path(root, listed) if root is not None else Path(listed)
+        path = paths[side] = Path(root, listed) if root is not None else Path(listed)
         entries = read_list(path)
         missing = [s for s in entries if s not in index]
         if missing:
@@ -127,7 +135,15 @@ def _by_list(names: Sequence[str], train_list: Optional[PathLike], val_list: Opt
         chosen[side] = sorted({index[s] for s in entries if s in index})
     if "train" in chosen and "val" in chosen:
         both = sorted(set(chosen["train"]) & set(chosen["val"]))
-        if both:
+        if both and len(both) == len(chosen["val"]):
+            # Published trees do this (a val.txt copied into train.txt): train on, but say what it costs.
+            val_path, train_path = paths["val"], paths["train"]
+            warn([Problem("overlap", str(val_path), (
+                f"list file {val_path} lies inside {train_path} (all {len(both)} val images are also train "
+                "images): the val score will be optimistic, as the model trains on them; for a fair score "
+                f"give disjoint lists, e.g. grep -vxFf {val_path} {train_path} > train_only.txt and set "
+                "data.train_list: train_only.txt"), "warning")])
+        elif both:
             problems.append(Problem("bad_list", str(val_list), (
                 f"list files {train_list} and {val_list} share {len(both)} names: "
                 + ", ".join(stem(names[i]) for i in both[:5]))))
@@ -142,3 +158,54 @@ def report_empty(train: Sequence[int], val: Sequence[int], where: str,
     report([Problem("empty_split", where, (
         f"{where}: the {side} split is empty ({len(train)} train, {len(val)} val images); check {options}"))
         for side, idx in (("train", train), ("val", val)) if not idx])
+
+
+def kfold(n: int, k: int, *, groups: Optional[Sequence[str]] = None, labels: Optional[Sequence[int]] = None,
+          seed: int = 0) -> list[list[int]]:
+    """The val indices of each of ``k`` folds over ``range(n)``: disjoint, together every index once.
+
+    With ``groups`` (one key per item) whole groups go to one fold, the largest first into the fold
+    holding fewest items; ``k`` equal to the number of groups is leave-one-group-out. Else with
+    ``labels`` each class is dealt over the folds in turn (stratified: per-class counts differ by at
+    most one between folds). Else items are shuffled and dealt. ``seed`` decides ties and order; the
+    caller gives items in a fixed order (e.g. sorted by name), so the listing order never matters.
+    """
+    if k < 2:
+        raise ConfigError(f"--folds: cross-validation needs at least 2 folds, got {k}")
+    if k > n:
+        raise ConfigError(f"--folds {k}: only {n} items to split")
+    rng = random.Random(seed)
+    folds: list[list[int]] = [[] for _ in range(k)]
+    if groups is not None:
+        if len(groups) != n:
+            raise ValueError(f"{len(groups)} group keys for {n} items")
+        members: dict[str, list[int]] = {}
+        for i, key in enumerate(groups):
+            members.setdefault(key, []).append(i)
+        if k > len(members):
+            raise ConfigError(f"--folds {k}: group_regex finds only {len(members)} groups "
+                              f"({', '.join(sorted(members)[:8])}); whole groups stay in one fold, so use "
+                              f"--folds {len(members)} (leave one group out) or fewer")
+        keys = sorted(members)
+        rng.shuffle(keys)  # ties in size: the seed decides
+        keys.sort(key=lambda g: -len(members[g]))  # stable: largest first, ties in shuffled order
+        for g in keys:
+            smallest = min(range(k), key=lambda f: (len(folds[f]), f))
+            folds[smallest] += members[g]
+        return [sorted(f) for f in folds]
+    if labels is not None:
+        if len(labels) != n:
+            raise ValueError(f"{len(labels)} labels for {n} items")
+        start = 0
+        for label in sorted(set(labels)):
+            same = [i for i in range(n) if labels[i] == label]
+            rng.shuffle(same)
+            for j, i in enumerate(same):  # dealing goes on where the last class stopped: sizes stay even
+                folds[(start + j) % k].append(i)
+            start += len(same)
+        return [sorted(f) for f in folds]
+    order = list(range(n))
+    rng.shuffle(order)
+    for j, i in enumerate(order):
+        folds[j % k].append(i)
+    return [sorted(f) for f in folds]

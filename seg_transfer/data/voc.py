@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Mapping, Optional, Sequence
 
+from .colors import ColorsOption
 from .common import DataSplits, PathLike
 from .folder import build_folder
 from .problems import Problem, fail
@@ -30,12 +31,13 @@ def find_voc_root(root: PathLike) -> Path:
 def build_voc(root: PathLike, *, classes: Sequence[str] = VOC_CLASSES, masks: str = "SegmentationClass",
               ignore_index: int = 255, label_map: Optional[Mapping[int, int]] = None,
               train_list: PathLike = "ImageSets/Segmentation/train.txt",
-              val_list: PathLike = "ImageSets/Segmentation/val.txt") -> DataSplits:
+              val_list: PathLike = "ImageSets/Segmentation/val.txt", colors: ColorsOption = None) -> DataSplits:
     """A VOCdevkit tree (``VOC2012/`` or a folder holding it) -> DataSplits; 255 in the masks is ignored.
 
     Masks are the palette PNGs of ``SegmentationClass`` (pixel value = class index; ``masks`` may name
     ``SegmentationClassAug`` instead); the split is ImageSets/Segmentation's train.txt and val.txt.
+    Masks saved as RGB in VOC's colours are read as their indices; ``colors`` names another palette.
     """
     return build_folder(find_voc_root(root), images="JPEGImages", masks=masks, classes=classes,
                         ignore_index=ignore_index, label_map=label_map, split="list",
-                        train_list=train_list, val_list=val_list)
+                        train_list=train_list, val_list=val_list, colors=colors)

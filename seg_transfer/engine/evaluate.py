@@ -1,24 +1,29 @@
 """Evaluation: a model's val loss and its task's metrics over a dataset (``evaluate``, run by the trainer
-each epoch), and ``seg-transfer evaluate``'s checkpoint scoring with its JSON report and plots."""
+each epoch), and ``seg-transfer evaluate``'s checkpoint scoring with its JSON report, plots, best and
+worst images and report.html."""
 from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
-from typing import Any, Callable, Optional, Union
+from typing import Any, Callable, Optional, Sequence, Union
 
 import torch
 from torch import nn
 from tqdm import tqdm
 
-from ..config import Config
+from ..config import Config, dump_config
 from ..data.registry import build_dataset
+from ..data.segmentation import binary_splits
 from ..errors import ConfigError
 from ..io import resolve_device, save_text
 from ..models.build import model_info
 from ..models.checkpoint import load_checkpoint
+from ..models.tta import TTA, TTAModel
 from . import distributed as D
 from .metrics import Meter
+from .report import write_report
 from .split_forward import forward_module
 from .tasks import Task, build_task
 
@@ -68,25 +73,56 @@ def plain_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
 
 
 def evaluate_checkpoint(cfg: Config, checkpoint: Union[str, os.PathLike], out_dir: Optional[str] = None,
-                        device: Optional[str] = "cpu", progress: bool = True) -> dict[str, Any]:
-    """Metrics of ``checkpoint`` on ``cfg``'s val split, written to ``out_dir`` (metrics.json and the
-    task's plots, e.g. confusion.png)."""
+                        device: Optional[str] = "cpu", progress: bool = True,
+                        command: Optional[Sequence[str]] = None, tta: Optional[TTA] = None) -> dict[str, Any]:
+    """Metrics of ``checkpoint`` on ``cfg``'s val split, written to ``out_dir``: metrics.json, the task's
+    plots (confusion.png...), the best and worst images, config.yaml, run.json (``command``, timings) and
+    report.html. ``tta``: score the model seen through test-time augmentation (flips, scales)."""
+    started, start = time.strftime("%Y-%m-%dT%H:%M:%S"), time.perf_counter()
     device_ = resolve_device(device)
     model = load_checkpoint(checkpoint, device_)
     splits = build_dataset(cfg.data)
     info = model_info(model)
+    if info.binary:  # the checkpoint's model is binary: its masks are read as it was trained on them
+        splits = binary_splits(splits)
     classes = list(info.classes)
     if list(splits.classes) != classes:
         raise ConfigError(f"data.classes {list(splits.classes)} differ from the checkpoint's {classes}")
     task = build_task(info.task, cfg, splits)
+    if tta is not None:
+        model = TTAModel(model, info.task, tta, binary=info.binary)
     _, val_t = task.transforms(cfg.augment, info.preprocess)
     dataset = splits.val.with_transform(val_t)
+    loaded = time.perf_counter()
     val_loss, metrics, meter = evaluate(model, dataset, task, device_, cfg.train.val_batch_size, progress=progress)
+    evaluated = time.perf_counter()
     out = Path(out_dir) if out_dir else Path(checkpoint).resolve().parent / "eval"
     out.mkdir(parents=True, exist_ok=True)
     extra = task.write_report(metrics, meter, out)
+    files = list(extra.get("files", []))
+    scores = meter.image_scores()
+    k = max(1, cfg.output.num_predictions // 2) if cfg.output.num_predictions else 0
+    if task.plot_best_worst(model, dataset, scores, k, device_, out / "predictions_best_worst.png"):
+        files.append("predictions_best_worst.png")
+    save_text(dump_config(cfg), out / "config.yaml")
+    names = getattr(dataset, "names", None)
     report = {**plain_metrics(metrics), "val_loss": val_loss, "classes": classes, "images": len(dataset),
-              "checkpoint": str(checkpoint), **extra, "out_dir": str(out),
-              "summary": task.report_lines(metrics), "files": ["metrics.json", *sorted(extra.get("files", []))]}
+              "checkpoint": str(checkpoint), "tta": str(tta) if tta else None, **extra, "out_dir": str(out),
+              "metric": task.main_metric,
+              "per_class": task.per_class(metrics), "image_score": task.image_score, "image_scores": scores,
+              "image_names": names if isinstance(names, list) else None,
+              "summary": task.report_lines(metrics),
+              "files": ["metrics.json", *sorted([*files, "config.yaml", "run.json", "report.html"])]}
     save_text(json.dumps(report, indent=1) + "\n", out / "metrics.json")
+    train_run = Path(checkpoint).resolve().parent
+    run = {"kind": "evaluate", "command": list(command) if command is not None else None, "cwd": os.getcwd(),
+           "checkpoint": str(Path(checkpoint).resolve()),
+           "train_run": str(train_run) if (train_run / "config.yaml").is_file() else None,
+           "task": task.name, "metric": task.main_metric, "metric_label": task.metric_label,
+           "image_score": task.image_score, "classes": classes, "images": {"val": len(dataset)},
+           "device": str(device_), "world_size": 1, "started": started, "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+           "load_seconds": loaded - start, "eval_seconds": evaluated - loaded,
+           "total_seconds": time.perf_counter() - start}
+    save_text(json.dumps(run, indent=1) + "\n", out / "run.json")
+    write_report(out)
     return report

@@ -6,6 +6,9 @@ not ``ignore_index``; a batch with no such pixel gives 0 (not NaN), and no loss 
     loss:                               # a name, one {name: ..., weight: ..., <builder kwargs>} or a list
       - {name: ce, weight: 1.0, class_weights: median_frequency}
       - {name: dice, weight: 0.5}
+
+A binary model (one sigmoid channel: logits N×1×H×W, targets 0/1) takes ``BINARY_LOSSES`` (bce, dice,
+focal) the same way, BCE + Dice when ``loss`` is left out.
 """
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence, Union
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torchvision.ops import sigmoid_focal_loss
 
 from ..errors import ConfigError, unknown
 
@@ -148,6 +152,99 @@ LossBuilder = Callable[..., nn.Module]
 LOSSES: dict[str, LossBuilder] = {"ce": _ce, "dice": _dice, "focal": _focal}
 
 
+# ------------------------------------------------------------------------------------------ binary
+def _foreground_logit(logits: torch.Tensor) -> torch.Tensor:
+    """N×H×W float logits from a binary model's N×1×H×W output (or N×H×W as it is)."""
+    if logits.dim() == 4:
+        if logits.shape[1] != 1:
+            raise ValueError(f"a binary loss takes one logit channel, got {logits.shape[1]}")
+        logits = logits[:, 0]
+    return logits.float()
+
+
+def _binary_target(target: torch.Tensor, ignore_index: int,
+                   dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """(0/1 float foreground target with ignored pixels 0, the labelled-pixel mask)."""
+    valid = target != ignore_index
+    return (target == 1).to(dtype), valid
+
+
+class BinaryCrossEntropyLoss(nn.Module):
+    """Binary cross-entropy of one sigmoid channel against 0/1 labels, averaged over labelled pixels;
+    ``pos_weight`` multiplies the foreground pixels' term (``F.binary_cross_entropy_with_logits``)."""
+
+    def __init__(self, ignore_index: int = 255, pos_weight: Optional[float] = None) -> None:
+        super().__init__()
+        self.ignore_index, self.pos_weight = ignore_index, pos_weight
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        logit = _foreground_logit(logits)
+        y, valid = _binary_target(target, self.ignore_index, logit.dtype)
+        pos_weight = None if self.pos_weight is None else logit.new_tensor(self.pos_weight)
+        per_pixel = F.binary_cross_entropy_with_logits(logit, y, pos_weight=pos_weight, reduction="none")
+        return _safe_div(torch.where(valid, per_pixel, 0.0).sum(), valid.sum().to(logit.dtype))
+
+
+class BinaryDiceLoss(nn.Module):
+    """Soft Dice of the foreground over the batch's labelled pixels: ``1 - (2 sum(p g) + s) / (sum p + sum g + s)``
+    with ``p`` the sigmoid probability and ``g`` the 0/1 label."""
+
+    def __init__(self, ignore_index: int = 255, smooth: float = 1.0) -> None:
+        super().__init__()
+        self.ignore_index, self.smooth = ignore_index, smooth
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        logit = _foreground_logit(logits)
+        y, valid = _binary_target(target, self.ignore_index, logit.dtype)
+        p = torch.where(valid, logit.sigmoid(), 0.0)
+        inter, card = (p * y).sum(), p.sum() + y.sum()
+        return 1 - (2 * inter + self.smooth) / (card + self.smooth)
+
+
+class BinaryFocalLoss(nn.Module):
+    """Sigmoid focal loss (torchvision's ``sigmoid_focal_loss``) averaged over labelled pixels; ``alpha``
+    weighs the foreground (``1 - alpha`` the background), None for no weighting."""
+
+    def __init__(self, ignore_index: int = 255, gamma: float = 2.0, alpha: Optional[float] = None) -> None:
+        super().__init__()
+        self.ignore_index, self.gamma, self.alpha = ignore_index, gamma, alpha
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        logit = _foreground_logit(logits)
+        y, valid = _binary_target(target, self.ignore_index, logit.dtype)
+        per_pixel = sigmoid_focal_loss(logit, y, alpha=-1.0 if self.alpha is None else self.alpha,
+                                       gamma=self.gamma, reduction="none")
+        return _safe_div(torch.where(valid, per_pixel, 0.0).sum(), valid.sum().to(logit.dtype))
+
+
+def _positive(value: Optional[float], where: str) -> Optional[float]:
+    if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0):
+        raise ConfigError(f"{where}: expected a positive number, got {value!r}")
+    return None if value is None else float(value)
+
+
+def _bce(ignore_index: int = 255, pos_weight: Optional[float] = None) -> nn.Module:
+    """Binary cross-entropy; ``pos_weight`` > 1 weighs the foreground up (rare foreground)."""
+    return BinaryCrossEntropyLoss(ignore_index, _positive(pos_weight, "loss.pos_weight"))
+
+
+def _binary_dice(ignore_index: int = 255, smooth: float = 1.0) -> nn.Module:
+    """Soft Dice of the foreground."""
+    return BinaryDiceLoss(ignore_index, smooth)
+
+
+def _binary_focal(ignore_index: int = 255, gamma: float = 2.0, alpha: Optional[float] = None) -> nn.Module:
+    """Sigmoid focal loss."""
+    if alpha is not None and not 0 < alpha < 1:
+        raise ConfigError(f"loss.alpha: expected a number between 0 and 1 (or null), got {alpha!r}")
+    return BinaryFocalLoss(ignore_index, gamma, alpha)
+
+
+# A binary model (one sigmoid channel) trains with these; ``train.loss`` left out means BINARY_DEFAULT.
+BINARY_LOSSES: dict[str, LossBuilder] = {"bce": _bce, "dice": _binary_dice, "focal": _binary_focal}
+BINARY_DEFAULT: list[dict[str, Any]] = [{"name": "bce", "weight": 1.0}, {"name": "dice", "weight": 1.0}]
+
+
 class WeightedSum(nn.Module):
     """``sum_i weight_i * loss_i``; ``last`` keeps the detached terms of the latest call for logging."""
 
@@ -168,42 +265,56 @@ class WeightedSum(nn.Module):
         return total
 
 
-def _term(item: Union[str, Mapping[str, Any]], num_classes: int, ignore_index: int,
-          class_counts: Optional[Sequence[float]], where: str) -> tuple[str, float, nn.Module]:
+def _term(item: Union[str, Mapping[str, Any]], registry: Mapping[str, LossBuilder], context: Mapping[str, Any],
+          where: str) -> tuple[str, float, nn.Module]:
+    """One ``{name, weight, **kwargs}`` term; ``context`` holds what the task supplies (class count,
+    ignore index, class counts), passed to the builders that take it."""
     kwargs: dict[str, Any] = {"name": item} if isinstance(item, str) else dict(item)
     if "name" not in kwargs:
-        raise ConfigError(f"{where}: each loss needs a 'name' (one of {', '.join(sorted(LOSSES))})")
+        raise ConfigError(f"{where}: each loss needs a 'name' (one of {', '.join(sorted(registry))})")
     name = kwargs.pop("name")
-    if name not in LOSSES:
-        raise unknown("loss", name, LOSSES, f"{where}.name")
+    if name not in registry:
+        raise unknown("loss", name, registry, f"{where}.name")
     weight = kwargs.pop("weight", 1.0)
     if not isinstance(weight, (int, float)) or isinstance(weight, bool) or not math.isfinite(weight):
         raise ConfigError(f"{where}.weight: expected a number, got {weight!r}")
-    builder = LOSSES[name]
-    accepted = set(inspect.signature(builder).parameters) - {"num_classes", "ignore_index", "class_counts"}
+    builder = registry[name]
+    params = set(inspect.signature(builder).parameters)
+    accepted = params - set(context)
     for key in kwargs:
         if key not in accepted:
             raise unknown(f"{name} loss key", key, sorted(accepted | {"name", "weight"}), where)
-    if "class_counts" in inspect.signature(builder).parameters:
-        kwargs["class_counts"] = class_counts
-    return name, float(weight), builder(num_classes=num_classes, ignore_index=ignore_index, **kwargs)
+    return name, float(weight), builder(**{k: v for k, v in context.items() if k in params}, **kwargs)
 
 
-def build_loss(spec: LossSpec, num_classes: int, ignore_index: int = 255,
-               class_counts: Optional[Sequence[float]] = None) -> nn.Module:
-    """A loss from a name, one ``{name, weight, **kwargs}`` dict or a list of them (summed with weights).
-
-    ``class_counts`` (label pixels per class) feeds ``class_weights: median_frequency | inverse_log``.
-    Example: ``build_loss([{"name": "ce", "weight": 1.0}, {"name": "dice", "weight": 0.5}], 11, 255)``.
-    """
+def _build(spec: LossSpec, registry: Mapping[str, LossBuilder], context: Mapping[str, Any]) -> nn.Module:
     items = [spec] if isinstance(spec, (str, Mapping)) else list(spec)
     if not items:
-        raise ConfigError(f"loss: give at least one loss (one of {', '.join(sorted(LOSSES))})")
-    terms = [_term(item, num_classes, ignore_index, class_counts, f"loss[{i}]" if len(items) > 1 else "loss")
+        raise ConfigError(f"loss: give at least one loss (one of {', '.join(sorted(registry))})")
+    terms = [_term(item, registry, context, f"loss[{i}]" if len(items) > 1 else "loss")
              for i, item in enumerate(items)]
     if len(terms) == 1 and terms[0][1] == 1.0:
         return terms[0][2]
     return WeightedSum(terms)
+
+
+def build_loss(spec: Optional[LossSpec], num_classes: int, ignore_index: int = 255,
+               class_counts: Optional[Sequence[float]] = None) -> nn.Module:
+    """A loss from a name, one ``{name, weight, **kwargs}`` dict or a list of them (summed with weights);
+    None: cross-entropy.
+
+    ``class_counts`` (label pixels per class) feeds ``class_weights: median_frequency | inverse_log``.
+    Example: ``build_loss([{"name": "ce", "weight": 1.0}, {"name": "dice", "weight": 0.5}], 11, 255)``.
+    """
+    context = {"num_classes": num_classes, "ignore_index": ignore_index, "class_counts": class_counts}
+    return _build("ce" if spec is None else spec, LOSSES, context)
+
+
+def build_binary_loss(spec: Optional[LossSpec], ignore_index: int = 255) -> nn.Module:
+    """A binary model's loss (its one sigmoid channel against 0/1 labels) from ``BINARY_LOSSES`` names, as
+    ``build_loss`` reads them; None: ``BINARY_DEFAULT``, BCE + Dice.
+    Example: ``build_binary_loss([{"name": "focal", "gamma": 2}, {"name": "dice", "weight": 0.5}])``."""
+    return _build(BINARY_DEFAULT if spec is None else spec, BINARY_LOSSES, {"ignore_index": ignore_index})
 
 
 class SegmentationCriterion(nn.Module):

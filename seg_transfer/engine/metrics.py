@@ -1,7 +1,10 @@
 """Where every task's metric is computed, as a ``Meter`` (``update`` per batch, ``reduce`` across ranks,
-``compute`` once): segmentation's mIoU from a streaming confusion matrix of pixels, classification's
+``compute`` once): segmentation's mIoU from a streaming confusion matrix of pixels (a binary model's
+foreground IoU, Dice, precision and recall at a threshold from a 2×2 one), classification's
 accuracy / top-k / per-class F1 from a confusion matrix of images, detection's COCO AP through
-pycocotools' ``COCOeval``."""
+pycocotools' ``COCOeval`` (with its precision-recall curves) and a box confusion matrix matched at IoU 0.5.
+Every meter also scores each image on its own (``image_scores``, in dataset order): the run report shows
+the best and worst val images by it."""
 from __future__ import annotations
 
 import contextlib
@@ -15,6 +18,7 @@ import torch.distributed as dist
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
+from torchvision.ops import box_iou
 
 from .distributed import is_dist, unshard, world_size
 
@@ -31,6 +35,36 @@ class Meter:
 
     def compute(self) -> dict[str, Any]:  # pragma: no cover - interface
         raise NotImplementedError
+
+    def image_scores(self) -> list[float]:
+        """One score per image seen, in dataset order (after ``reduce``), higher is better; [] if none."""
+        return []
+
+
+def gather_in_order(items: list[Any]) -> list[Any]:
+    """Every rank's per-item list of an unpadded sharded pass, back in dataset order (itself on one process)."""
+    if not is_dist():
+        return items
+    gathered: list[Any] = [None] * world_size()
+    dist.all_gather_object(gathered, items)
+    return unshard(gathered)
+
+
+def image_iou(pred: torch.Tensor, target: torch.Tensor, num_classes: int, ignore_index: int) -> torch.Tensor:
+    """Per image of an N x H x W batch, the mean IoU over the classes present in its labels or its
+    prediction (labelled pixels only); 1.0 for an image without labelled pixels."""
+    n = num_classes
+    target, pred = target.flatten(1).long(), pred.flatten(1).long()
+    keep = (target != ignore_index) & (target >= 0) & (target < n) & (pred >= 0) & (pred < n)
+    image = torch.arange(len(target), device=target.device)[:, None].expand_as(target)
+    flat = (image * n * n + target * n + pred)[keep]
+    mat = torch.bincount(flat, minlength=len(target) * n * n).view(len(target), n, n).double()
+    tp = mat.diagonal(dim1=1, dim2=2)
+    union = mat.sum(2) + mat.sum(1) - tp
+    present = union > 0
+    iou = torch.where(present, tp / union.clamp_min(1), torch.zeros_like(tp)).sum(1)
+    count = present.sum(1)
+    return torch.where(count > 0, iou / count.clamp_min(1), torch.ones_like(iou))
 
 
 # ----------------------------------------------------------------------------------- segmentation
@@ -94,20 +128,81 @@ class ConfusionMatrix:
 
 
 class SegmentationMeter(Meter):
-    """The confusion matrix of argmax predictions over labelled pixels."""
+    """The confusion matrix of argmax predictions over labelled pixels; each image's own mIoU."""
 
     def __init__(self, num_classes: int, ignore_index: int) -> None:
         self.matrix = ConfusionMatrix(num_classes, ignore_index)
+        self.scores: list[Any] = []  # per batch a tensor of image mIoUs; floats after reduce()
 
     def update(self, outputs: dict[str, torch.Tensor], targets: torch.Tensor) -> None:
-        self.matrix.update(outputs["out"].argmax(1), targets)
+        pred = outputs["out"].argmax(1)
+        self.matrix.update(pred, targets)
+        self.scores.append(image_iou(pred, targets, self.matrix.num_classes, self.matrix.ignore_index))
 
     def reduce(self) -> SegmentationMeter:
         self.matrix.reduce()
+        self.scores = gather_in_order(self.image_scores())
         return self
 
     def compute(self) -> dict[str, Any]:
         return self.matrix.compute()
+
+    def image_scores(self) -> list[float]:
+        return [float(v) for s in self.scores for v in (s.tolist() if isinstance(s, torch.Tensor) else [s])]
+
+
+# --------------------------------------------------------------------------- binary segmentation
+def binary_prediction(logits: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
+    """0/1 (long) N×H×W from a binary model's N×1×H×W (or N×H×W) logits: 1 where sigmoid >= ``threshold``."""
+    logit = logits[:, 0] if logits.dim() == 4 else logits
+    return (logit.float().sigmoid() >= threshold).long()
+
+
+def binary_scores(mat: torch.Tensor) -> dict[str, float]:
+    """The foreground's ``iou``, ``dice``, ``precision``, ``recall`` and the ``pixel_accuracy`` from a 2×2
+    confusion matrix (rows labels, columns predictions, index 1 the foreground); NaN where nothing was
+    there to measure (no foreground predicted: precision; none labelled: recall; neither: IoU, Dice)."""
+    m = mat.detach().to("cpu", torch.float64)
+    tn, fp, fn, tp = (float(v) for v in m.flatten())
+
+    def ratio(num: float, den: float) -> float:
+        return num / den if den > 0 else math.nan
+
+    return {"iou": ratio(tp, tp + fp + fn), "dice": ratio(2 * tp, 2 * tp + fp + fn),
+            "precision": ratio(tp, tp + fp), "recall": ratio(tp, tp + fn),
+            "pixel_accuracy": ratio(tp + tn, tp + tn + fp + fn)}
+
+
+def binary_image_iou(pred: torch.Tensor, target: torch.Tensor, ignore_index: int) -> torch.Tensor:
+    """Per image of an N×H×W batch, the foreground IoU over its labelled pixels; 1.0 for an image with
+    foreground in neither its labels nor its prediction (nothing to find, nothing found)."""
+    keep = (target != ignore_index) & (target >= 0) & (target < 2)
+    fg_true, fg_pred = ((target == 1) & keep).flatten(1), ((pred == 1) & keep).flatten(1)
+    inter = (fg_true & fg_pred).sum(1).double()
+    union = (fg_true | fg_pred).sum(1).double()
+    return torch.where(union > 0, inter / union.clamp_min(1), torch.ones_like(union))
+
+
+class BinarySegmentationMeter(SegmentationMeter):
+    """A binary model's meter: its one sigmoid channel thresholded at ``threshold``, counted in a 2×2
+    confusion matrix (background, foreground); ``compute`` gives the foreground's IoU, Dice, precision and
+    recall (``binary_scores``) beside the two-class figures; each image's own foreground IoU."""
+
+    def __init__(self, threshold: float = 0.5, ignore_index: int = 255) -> None:
+        super().__init__(2, ignore_index)
+        self.threshold = threshold
+
+    def update(self, outputs: dict[str, torch.Tensor] | torch.Tensor, targets: torch.Tensor) -> None:
+        logits = outputs["out"] if isinstance(outputs, dict) else outputs
+        pred = binary_prediction(logits, self.threshold)
+        self.matrix.update(pred, targets)
+        self.scores.append(binary_image_iou(pred, targets, self.matrix.ignore_index))
+
+    def compute(self) -> dict[str, Any]:
+        both = self.matrix.compute()  # per class: background, foreground
+        return {**binary_scores(self.matrix.mat), "threshold": self.threshold, "miou": both["miou"],
+                "class_iou": both["iou"], "class_accuracy": both["class_accuracy"],
+                "mean_accuracy": both["mean_accuracy"]}
 
 
 # --------------------------------------------------------------------------------- classification
@@ -118,18 +213,25 @@ class ClassificationMeter(Meter):
         self.matrix = ConfusionMatrix(num_classes, ignore_index=-100)
         self.k = k
         self.topk = torch.zeros(2, dtype=torch.int64)  # (hits, count)
+        self.scores: list[Any] = []  # per batch the probabilities of the true class; floats after reduce()
 
     def update(self, outputs: torch.Tensor, targets: torch.Tensor) -> None:
         self.matrix.update(outputs.argmax(1), targets)
         top = outputs.topk(self.k, dim=1).indices
         hits = (top == targets[:, None]).any(1).sum()
         self.topk = self.topk.to(targets.device) + torch.stack([hits, targets.new_tensor(len(targets))])
+        self.scores.append(outputs.detach().float().softmax(1).gather(1, targets[:, None].long())[:, 0])
 
     def reduce(self) -> ClassificationMeter:
         self.matrix.reduce()
         if dist.is_available() and dist.is_initialized():
             dist.all_reduce(self.topk, op=dist.ReduceOp.SUM)
+        self.scores = gather_in_order(self.image_scores())
         return self
+
+    def image_scores(self) -> list[float]:
+        """The probability each image's true class was given."""
+        return [float(v) for s in self.scores for v in (s.tolist() if isinstance(s, torch.Tensor) else [s])]
 
     def compute(self) -> dict[str, Any]:
         return classification_metrics(self.matrix.mat, self.topk, self.k)
@@ -184,6 +286,10 @@ class CocoMeter(Meter):
         self.num_classes = num_classes  # including background (label 0)
         self.masks = masks
         self.images: list[dict[str, Any]] = []  # {"gt": {...numpy}, "dt": {...numpy}, "size": (h, w)}
+        # after compute(): COCOeval's interpolated precision at IoU 0.5 (classes x recall points), and
+        # the recall points; None when nothing was detected or nothing labelled
+        self.pr_precision: Optional[np.ndarray] = None
+        self.pr_recall: Optional[np.ndarray] = None
 
     def update(self, outputs: Sequence[dict[str, torch.Tensor]], targets: Sequence[dict[str, torch.Tensor]],
                sizes: Optional[Sequence[tuple[int, int]]] = None) -> None:
@@ -252,10 +358,17 @@ class CocoMeter(Meter):
         return coco, dets, with_masks
 
     def compute(self) -> dict[str, Any]:
-        """{ap, ap50, ap75, ap_small, ap_medium, ap_large, ap_per_class, ap50_per_class[, mask_ap, mask_ap50]}
-        over classes 1..K (per-class lists have one entry per object class, background left out)."""
+        """{ap, ap50, ap75, ap_small, ap_medium, ap_large, ap_per_class, ap50_per_class, precision_per_class,
+        recall_per_class, boxes_per_class[, mask_ap, mask_ap50]} over classes 1..K (per-class lists have one
+        entry per object class, background left out; precision and recall at IoU 0.5 and score >= 0.5)."""
         coco, dets, with_masks = self._coco()
         metrics = self._evaluate(coco, dets, "bbox")
+        # precision and recall of the boxes predictions.png draws (IoU 0.5, score >= 0.5), per class
+        mat = self.confusion()
+        boxes, found, hits = mat[1:].sum(1), mat[:, 1:].sum(0), np.diag(mat)[1:]
+        metrics["precision_per_class"] = [float(h / f) if f else float("nan") for h, f in zip(hits, found)]
+        metrics["recall_per_class"] = [float(h / b) if b else float("nan") for h, b in zip(hits, boxes)]
+        metrics["boxes_per_class"] = [int(b) for b in boxes]
         if self.masks:
             segm = self._evaluate(coco, dets, "segm") if with_masks else {}
             metrics["mask_ap"] = segm.get("ap", float("nan"))
@@ -284,4 +397,75 @@ class CocoMeter(Meter):
             p50 = precision[0, :, c]
             per_class50.append(float(p50[p50 > -1].mean()) if (p50 > -1).any() else float("nan"))
         metrics["ap_per_class"], metrics["ap50_per_class"] = per_class, per_class50
+        if iou_type == "bbox":
+            self.pr_precision, self.pr_recall = precision[0].T.copy(), np.asarray(ev.params.recThrs)
         return metrics
+
+    def confusion(self, iou_threshold: float = 0.5, score_threshold: float = 0.5) -> np.ndarray:
+        """Box counts ``mat[true, predicted]`` over the classes with background at 0: a detection scoring
+        at least ``score_threshold`` matched one to one (highest IoU first, whatever its class) to a
+        ground-truth box at IoU >= ``iou_threshold`` counts at (its box's class, its class); a box left
+        unmatched is missed (true class, background); a detection left unmatched is a false alarm
+        (background, its class). ``mat[0, 0]`` stays 0. Crowd regions are no box to find, and
+        detections on them count nowhere."""
+        k = self.num_classes
+        mat = np.zeros((k, k), np.int64)
+        for im in self.images:
+            matched, missed, extra = match_image(im["gt"], im["dt"], iou_threshold, score_threshold)
+            for g, d in matched:
+                mat[g, d] += 1
+            for g in missed:
+                mat[g, 0] += 1
+            for d in extra:
+                mat[0, d] += 1
+        return mat
+
+    def image_scores(self, iou_threshold: float = 0.5, score_threshold: float = 0.5) -> list[float]:
+        """Per image, F1 of its detections (score >= ``score_threshold``) against its boxes: a hit is a
+        match at IoU >= ``iou_threshold`` of the right class; 1.0 for an image with neither."""
+        scores = []
+        for im in self.images:
+            matched, missed, extra = match_image(im["gt"], im["dt"], iou_threshold, score_threshold)
+            hits = sum(g == d for g, d in matched)
+            errors = 2 * len(matched) - 2 * hits + len(missed) + len(extra)  # a wrong class: a miss and a false alarm
+            scores.append(2 * hits / (2 * hits + errors) if hits + errors else 1.0)
+        return scores
+
+
+def match_image(gt: dict[str, np.ndarray], dt: dict[str, np.ndarray], iou_threshold: float = 0.5,
+                score_threshold: float = 0.5) -> tuple[list[tuple[int, int]], list[int], list[int]]:
+    """One image's boxes against its detections scoring at least ``score_threshold``, class-agnostic and
+    one to one, highest IoU first: ((true label, predicted label) of each match, labels of the boxes left
+    unmatched, labels of the detections left unmatched). Crowd boxes are left out, and so are detections
+    that overlap one at IoU >= ``iou_threshold``."""
+    boxes = gt["boxes"].reshape(-1, 4)
+    labels = np.asarray(gt["labels"]).reshape(-1)
+    crowd = np.asarray(gt.get("iscrowd", np.zeros(len(labels), np.int64))).reshape(-1).astype(bool)
+    keep = np.asarray(dt.get("scores", np.zeros(0)), np.float64).reshape(-1) >= score_threshold
+    det_boxes = dt["boxes"].reshape(-1, 4)[keep]
+    det_labels = np.asarray(dt["labels"]).reshape(-1)[keep]
+    if crowd.any() and len(det_boxes):
+        on_crowd = _iou(boxes[crowd], det_boxes).max(0) >= iou_threshold
+        det_boxes, det_labels = det_boxes[~on_crowd], det_labels[~on_crowd]
+    boxes, labels = boxes[~crowd], labels[~crowd]
+    iou = _iou(boxes, det_boxes)
+    pairs = np.argwhere(iou >= iou_threshold)
+    pairs = pairs[np.argsort(-iou[pairs[:, 0], pairs[:, 1]], kind="stable")]
+    used_g: set[int] = set()
+    used_d: set[int] = set()
+    matched = []
+    for g, d in pairs.tolist():
+        if g not in used_g and d not in used_d:
+            used_g.add(g)
+            used_d.add(d)
+            matched.append((int(labels[g]), int(det_labels[d])))
+    missed = [int(labels[g]) for g in range(len(labels)) if g not in used_g]
+    extra = [int(det_labels[d]) for d in range(len(det_labels)) if d not in used_d]
+    return matched, missed, extra
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU of xyxy boxes, len(a) x len(b)."""
+    if not len(a) or not len(b):
+        return np.zeros((len(a), len(b)))
+    return box_iou(torch.as_tensor(a, dtype=torch.float64), torch.as_tensor(b, dtype=torch.float64)).numpy()

@@ -1,18 +1,20 @@
 """The fine-tuning loop: config -> data, model, transfer init, freezing -> epochs of train/eval ->
-metrics.csv, curves.png, predictions.png, last.pt / best.pt. One engine for every task (what differs
-lives in ``engine/tasks/``); rank-0-only I/O."""
+metrics.csv (and the other ``train.loggers``), curves.png, predictions.png, last.pt / best.pt, and at
+each best epoch the task's report files (confusion.png...) and the best/worst val images; run.json
+(command, timings, freezing) and report.html at the end. One engine for every task (what differs lives
+in ``engine/tasks/``); rank-0-only I/O."""
 from __future__ import annotations
 
 import contextlib
-import csv
-import io
 import json
 import math
+import os
+import platform
 import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional, Union
+from typing import Any, Callable, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -23,22 +25,26 @@ from tqdm import tqdm
 from ..config import Config, dump_config, to_dict
 from ..data.common import ImageDataset
 from ..data.registry import build_dataset
+from ..data.segmentation import binary_splits
 from ..errors import SegTransferError
 from ..io import resolve_device, save_text
 from ..models import weights as W
-from ..models.build import model_info
+from ..models.build import is_binary, model_info
 from ..models.checkpoint import read_checkpoint, save_checkpoint
 from ..transfer.class_init import class_aware_init
-from ..transfer.freeze import apply_freeze, bn_held_in_eval, freeze_table, param_groups, unfreeze
+from ..transfer.freeze import apply_freeze, bn_held_in_eval, freeze_counts, freeze_table, param_groups, unfreeze
 from ..transfer.loading import TransferReport, load_matching
 from ..transfer.sources import build, source_weights
+from ..version import __version__
 from . import distributed as D
 from .cache import CachedFeatureDataset, FeatureCache, can_cache, collate_features, trainable_backbone
 from .evaluate import evaluate, plain_metrics, to_device
+from .loggers import Loggers, build_loggers
 from .metrics import Meter
 from .optim import add_param_group, autocast_settings, build_optimizer, build_scheduler, grad_scaler
 from .plots import plot_curves
 from .precise_bn import recompute_bn_stats, trainable_bn
+from .report import write_report
 from .split_forward import forward_module
 from .tasks import Task, build_task
 
@@ -83,11 +89,16 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
 
 
 class Trainer:
-    """Build everything a config describes, then ``fit()``."""
+    """Build everything a config describes, then ``fit()``. ``command``: the argv that started the run
+    (``seg-transfer finetune ...``), recorded in run.json so the report can say how to reproduce it."""
 
     def __init__(self, cfg: Config, run_dir: Optional[Path] = None, resume: bool = False,
-                 progress: bool = True, log: Optional[Callable[[str], None]] = None) -> None:
+                 progress: bool = True, log: Optional[Callable[[str], None]] = None,
+                 command: Optional[Sequence[str]] = None) -> None:
+        setup_start = time.perf_counter()
         t = cfg.train
+        self.command = list(command) if command is not None else None
+        self.cache_seconds = 0.0
         # Under torchrun: join the process group first, so rank-0-only logging and I/O know the rank.
         self.device = D.setup(resolve_device(None if t.device == "auto" else t.device))
         self.cfg, self.resume, self.progress = cfg, resume, progress and D.is_main()
@@ -97,8 +108,12 @@ class Trainer:
         self.run_dir = Path(run_dir) if run_dir else Path(cfg.output.dir) / (cfg.output.name or _default_name(cfg))
 
         splits = build_dataset(cfg.data)
+        binary = is_binary(cfg.model)
+        if binary:  # one sigmoid channel: masks read as background/foreground, 0/255 included
+            splits = binary_splits(splits)
         self.classes, self.ignore_index = list(splits.classes), splits.ignore_index
-        model_cfg = {**to_dict(cfg.model), "classes": self.classes, "num_classes": None}
+        model_cfg = {**to_dict(cfg.model), "classes": self.classes, "num_classes": None,
+                     "binary": True if binary else cfg.model.binary}
         self.model = build(model_cfg)
         self.report = self._transfer_init()
         f = cfg.freeze
@@ -109,6 +124,9 @@ class Trainer:
 
         info = model_info(self.model)
         self.task: Task = build_task(info.task, cfg, splits)
+        # every rank builds them (a missing extra fails alike everywhere); rank 0 alone writes
+        loggers = build_loggers(t.loggers, self.task.fields)
+        self.loggers = loggers if D.is_main() else Loggers()
         train_t, val_t = self.task.transforms(cfg.augment, info.preprocess)
         # with the feature cache on, both become CachedFeatureDatasets (_build_caches)
         self.train_set: Union[D.EpochSeeded, CachedFeatureDataset]
@@ -135,6 +153,7 @@ class Trainer:
         if resume:
             self._load_state(self.run_dir / "last.pt")
         self.net = self._wrap()
+        self.setup_seconds = time.perf_counter() - setup_start
 
     # ------------------------------------------------------------------------------------- set-up
 
@@ -148,7 +167,8 @@ class Trainer:
             report.source = description
             if self.cfg.freeze.class_aware_init and source_classes and list(source_classes) != self.classes:
                 try:
-                    report.class_aware = class_aware_init(self.model, source_classes, self.classes, state)
+                    report.class_aware = class_aware_init(self.model, source_classes, self.classes, state,
+                                                          binary=model_info(self.model).binary)
                 except SegTransferError as err:  # the source has no classifier of the expected shape
                     report.class_aware = []
                     self.log(f"class-aware init skipped: {err}")
@@ -192,8 +212,9 @@ class Trainer:
         val = FeatureCache.build(self.model, self.val_set, 1, batch_size=1, **common)
         self.train_set, self.val_set = CachedFeatureDataset(train, seed=t.seed), CachedFeatureDataset(val)
         self.collate = collate_features
+        self.cache_seconds = time.perf_counter() - start
         self.log(f"feature cache: {len(train)} x {c.copies} train + {len(val)} val items, "
-                 f"{(train.nbytes + val.nbytes) / 2**20:.0f} MiB, built in {time.perf_counter() - start:.1f}s")
+                 f"{(train.nbytes + val.nbytes) / 2**20:.0f} MiB, built in {self.cache_seconds:.1f}s")
 
     def _forward_module(self) -> nn.Module:
         """What a training step calls: the model on images, or a ``Decoder`` (neck and head) on cached features."""
@@ -219,7 +240,7 @@ class Trainer:
             if at == epoch and stage not in self.unfrozen:
                 new = unfreeze(self.model, stage, self.freeze_state)
                 if new:
-                    add_param_group(self.optimizer, self.scheduler, new, self.cfg.train.backbone_lr_mult)
+                    add_param_group(self.optimizer, self.scheduler, new, self.cfg.train.backbone_lr_mult, name=stage)
                     self.net = self._wrap()  # DDP registers its parameters once: wrap again to add the new ones
                 self.unfrozen.append(stage)
                 self.log(f"epoch {epoch + 1}: unfroze {stage} ({sum(p.numel() for p in new):,} parameters)")
@@ -235,6 +256,7 @@ class Trainer:
                                workers=t.workers, collate_fn=self.collate,
                                drop_last=len(self.train_set) > t.batch_size)
         total, count = 0.0, 0
+        window, window_items = 0.0, 0  # the loss since the last optimizer step, for the loggers
         self.optimizer.zero_grad(set_to_none=True)
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{t.epochs}", unit="batch", leave=False,
                    disable=not self.progress)
@@ -252,7 +274,12 @@ class Trainer:
                         f"epoch {epoch + 1}, batch {step + 1}: loss is {loss.item()}; stopped (best.pt is intact). "
                         f"Lower train.lr (now {self.lr:g}), set train.grad_clip, or train.amp=off")
                 self.scaler.scale(loss / t.accumulate).backward()
+            total += loss.item() * len(targets)
+            count += len(targets)
+            window += loss.item() * len(targets)
+            window_items += len(targets)
             if update:
+                lrs = {f"lr/{g.get('name', f'group{i}')}": g["lr"] for i, g in enumerate(self.optimizer.param_groups)}
                 if t.grad_clip:
                     self.scaler.unscale_(self.optimizer)
                     torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip)
@@ -260,8 +287,10 @@ class Trainer:
                 self.scaler.update()
                 self.optimizer.zero_grad(set_to_none=True)
                 self.scheduler.step()
-            total += loss.item() * len(targets)
-            count += len(targets)
+                # the step: optimizer steps over the whole run (the scheduler counts them, also across a resume);
+                # the loss: rank 0's own batches (no per-step reduction across ranks), the epoch figures are global
+                self.loggers.step(self.scheduler.last_epoch, {"train/loss": window / max(window_items, 1), **lrs})
+                window, window_items = 0.0, 0
             bar.set_postfix(loss=f"{total / count:.4f}")
         loss_sum, items = D.all_sum(total, count)  # every rank's items: the epoch's mean loss
         return loss_sum / max(items, 1)
@@ -296,12 +325,30 @@ class Trainer:
                         self.collate, self.progress, (self.amp_enabled, self.amp_dtype), cached=self.cached)
 
     def fit(self) -> RunResult:
+        """Train every epoch left; on rank 0 the run folder gets its files as each epoch ends, and
+        report.html at the end."""
+        try:
+            result = self._fit()
+        finally:
+            self.loggers.close()
+        if D.is_main():
+            self.log(f"report: {write_report(self.run_dir)}")
+        return result
+
+    def _fit(self) -> RunResult:
         t = self.cfg.train
+        fit_start = time.perf_counter()
         if D.is_main():
             self.run_dir.mkdir(parents=True, exist_ok=True)
             save_text(dump_config(self.cfg), self.run_dir / "config.yaml")
             if self.report is not None:
                 save_text(json.dumps(self.report.to_dict(), indent=1) + "\n", self.run_dir / "transfer_report.json")
+            texts = {"config": dump_config(self.cfg), "freeze": freeze_table(self.model)}
+            if self.report is not None:
+                texts["transfer"] = self.report.format()
+            self.loggers.start(self.run_dir, texts, self.scheduler.last_epoch + 1 if self.resume else 0)
+            self.run_info = self._start_run_info()
+            self._save_run_info()
         self._print_start()
         stale = 0
         key, label = self.task.main_metric, self.task.metric_label
@@ -311,9 +358,12 @@ class Trainer:
             start = time.perf_counter()
             train_loss = self.train_epoch(epoch)
             self.precise_bn(epoch)
-            val_loss, metrics, matrix = self.evaluate()
+            trained = time.perf_counter()
+            val_loss, metrics, meter = self.evaluate()
+            now = time.perf_counter()
             row = {"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val_loss, **self.task.row(metrics),
-                   "lr": self.optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - start}
+                   "lr": self.optimizer.param_groups[0]["lr"], "seconds": now - start,
+                   "train_seconds": trained - start, "eval_seconds": now - trained}
             self.history.append(row)
             score = float(metrics[key])
             improved = score > self.best
@@ -325,13 +375,18 @@ class Trainer:
                      f"{self.task.summary(metrics)}  lr {row['lr']:.2e}  {row['seconds']:.1f}s"
                      + ("  *best*" if improved else ""))
             if D.is_main():
-                self._write_epoch(epoch, metrics, improved)
+                self._write_epoch(epoch, metrics, improved, meter)
             if t.patience is not None and stale >= t.patience:
                 self.log(f"early stop: no {label} gain for {t.patience} epoch(s); best {self.best:.4f} "
                          f"at epoch {self.best_epoch}")
                 result.stopped_early = True
                 break
         result.best, result.best_epoch = self.best, self.best_epoch
+        if D.is_main():
+            self.run_info["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+            self.run_info["stopped_early"] = result.stopped_early
+            self.run_info["fit_seconds"] = self.run_info.get("fit_seconds", 0.0) + time.perf_counter() - fit_start
+            self._save_run_info()
         return result
 
     # ------------------------------------------------------------------------------ outputs, state
@@ -349,14 +404,59 @@ class Trainer:
             self.log(self.report.format())
         self.log(freeze_table(self.model))
 
-    def _write_epoch(self, epoch: int, metrics: dict[str, Any], improved: bool) -> None:
-        _write_csv(self.run_dir / "metrics.csv", self.history, self.task.fields)
+    def _start_run_info(self) -> dict[str, Any]:
+        """run.json's start: how the run was started, on what, and what was frozen. A resumed run keeps
+        the original command and start, and lists each resume."""
+        now = time.strftime("%Y-%m-%dT%H:%M:%S")
+        here = {"command": self.command, "cwd": os.getcwd(), "world_size": D.world_size(), "device": str(self.device)}
+        path = self.run_dir / "run.json"
+        if self.resume and path.is_file():
+            info = json.loads(path.read_text())
+            info.setdefault("resumes", []).append({**here, "at": now, "epoch": self.start_epoch})
+            info["finished"] = None
+            return info
+        counts = freeze_counts(self.model)
+        held = sum(1 for m in self.model.modules() if bn_held_in_eval(m))
+        return {"kind": "finetune", **here, "started": now, "finished": None,
+                "task": self.task.name, "metric": self.task.main_metric, "metric_label": self.task.metric_label,
+                "image_score": self.task.image_score, "classes": self.classes,
+                "images": {"train": len(self.train_set), "val": len(self.val_set)},
+                "freeze": {"strategy": self.cfg.freeze.strategy,
+                           "parts": {p: {"trainable": a, "frozen": b} for p, (a, b) in counts.items()},
+                           "bn_held_in_eval": held, "table": freeze_table(self.model)},
+                "setup_seconds": self.setup_seconds, "cache_seconds": self.cache_seconds,
+                "versions": {"seg_transfer": __version__, "torch": torch.__version__,
+                             "python": platform.python_version()}}
+
+    def _save_run_info(self) -> None:
+        self.run_info.update(history=[dict(r) for r in self.history], best=float(self.best), best_epoch=self.best_epoch,
+                             unfrozen=list(self.unfrozen))
+        save_text(json.dumps(self.run_info, indent=1, default=float) + "\n", self.run_dir / "run.json")
+
+    def _write_epoch(self, epoch: int, metrics: dict[str, Any], improved: bool, meter: Optional[Meter] = None) -> None:
         save_text(json.dumps({**metrics, "classes": self.classes}, indent=1, default=float) + "\n",
                   self.run_dir / "val_metrics_last.json")
-        plot_curves(self.history, self.run_dir / "curves.png")
-        if self.cfg.output.num_predictions:
-            self.task.plot_predictions(self.model, self.val_images, self.cfg.output.num_predictions, self.device,
-                                       self.run_dir / "predictions.png")
+        plot_curves(self.history, self.run_dir / "curves.png", metric=self.task.main_metric)
+        images: dict[str, Path] = {}
+        n = self.cfg.output.num_predictions
+        if n:
+            images["predictions"] = self.run_dir / "predictions.png"
+            self.task.plot_predictions(self.model, self.val_images, n, self.device, images["predictions"])
+        if improved and meter is not None:
+            # the best epoch's own figures: what report.html shows
+            extra = self.task.write_report(metrics, meter, self.run_dir)
+            scores = meter.image_scores()
+            if n and self.task.plot_best_worst(self.model, self.val_images, scores, max(1, n // 2), self.device,
+                                               self.run_dir / "predictions_best_worst.png"):
+                images["best_worst"] = self.run_dir / "predictions_best_worst.png"
+            names = getattr(self.val_images, "names", None)
+            best = {**plain_metrics(metrics), "classes": self.classes, "epoch": epoch + 1,
+                    "metric": self.task.main_metric, "per_class": self.task.per_class(metrics),
+                    "image_score": self.task.image_score, "image_scores": scores,
+                    "image_names": names if isinstance(names, list) else None, **extra}
+            save_text(json.dumps(best, indent=1, default=float) + "\n", self.run_dir / "val_metrics_best.json")
+        self.loggers.epoch(self.history, self.task.per_class(metrics), images)
+        self._save_run_info()
         extra = {"epoch": epoch + 1, "best_metric": float(self.best), "metric": self.task.main_metric,
                  "best_epoch": self.best_epoch,
                  "history": [dict(r) for r in self.history], "unfrozen": list(self.unfrozen),
@@ -371,7 +471,7 @@ class Trainer:
         for stage in ckpt.get("unfrozen", []):  # rebuild the optimizer's param groups in their order
             new = unfreeze(self.model, stage, self.freeze_state)
             if new:
-                add_param_group(self.optimizer, self.scheduler, new, self.cfg.train.backbone_lr_mult)
+                add_param_group(self.optimizer, self.scheduler, new, self.cfg.train.backbone_lr_mult, name=stage)
             self.unfrozen.append(stage)
         W.load_into(self.model, ckpt["state_dict"], path)
         self.optimizer.load_state_dict(ckpt["optimizer"])
@@ -380,16 +480,6 @@ class Trainer:
         self.start_epoch, self.best, self.best_epoch = ckpt["epoch"], ckpt["best_metric"], ckpt["best_epoch"]
         self.history[:] = ckpt["history"]
         self.log(f"resumed from {path} at epoch {self.start_epoch}")
-
-
-def _write_csv(path: Path, rows: list[dict[str, float]], fields: tuple[str, ...]) -> None:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=("epoch", "train_loss", "val_loss", *fields, "lr", "seconds"),
-                            extrasaction="ignore")
-    writer.writeheader()
-    for r in rows:
-        writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
-    save_text(buf.getvalue(), path)
 
 
 def _default_name(cfg: Config) -> str:

@@ -7,6 +7,7 @@ weights come from beyond torchvision's own (another seg_transfer checkpoint) is 
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, cast
@@ -49,6 +50,9 @@ class ModelInfo:
     preprocess: Preprocess
     config: dict[str, Any] = field(default_factory=dict)
     task: str = "segmentation"
+    # Binary segmentation: one sigmoid output channel (foreground probability); ``classes`` still names
+    # both sides, background first, e.g. ["background", "person"].
+    binary: bool = False
     # The transfer report of a backbone taken from another seg_transfer checkpoint (backbone_weights).
     transfer: Any = None
 
@@ -82,6 +86,21 @@ def task_of(cfg: ModelConfig) -> str:
     return found[0]
 
 
+def is_binary(cfg: ModelConfig | dict[str, Any]) -> bool:
+    """Whether a ``model:`` block describes a binary segmentation model (one sigmoid channel, foreground vs
+    background): ``binary: true``, or ``num_classes: 1`` on a segmentation model."""
+    cfg = from_dict(ModelConfig, cfg, "model")
+    task = task_of(cfg)
+    if cfg.binary is None:
+        return task == "segmentation" and cfg.num_classes == 1
+    if cfg.binary and task != "segmentation":
+        raise ConfigError(f"model.binary: only segmentation models have a binary mode; this is a {task} model")
+    if not cfg.binary and task == "segmentation" and cfg.num_classes == 1:
+        raise ConfigError("model.num_classes: 1 with model.binary: false: a one-class softmax predicts that class "
+                          "everywhere; use binary: true (one sigmoid channel) or give 2 or more classes")
+    return cfg.binary
+
+
 def build_model(cfg: ModelConfig | dict[str, Any]) -> nn.Module:
     """Build the model a ``model:`` config block describes; the result carries ``.info`` (a ``ModelInfo``).
 
@@ -90,6 +109,9 @@ def build_model(cfg: ModelConfig | dict[str, Any]) -> nn.Module:
     """
     cfg = from_dict(ModelConfig, cfg, "model")
     task = task_of(cfg)
+    binary = is_binary(cfg)
+    if binary:  # resolved once: the builders, the saved config and checkpoints all read binary: true
+        cfg = dataclasses.replace(cfg, binary=True)
     models = TASKS[task]
     if cfg.name is not None:
         model, preprocess, classes = models.build_zoo(cfg)
@@ -99,7 +121,7 @@ def build_model(cfg: ModelConfig | dict[str, Any]) -> nn.Module:
         if whole:
             path = cast(Path, W.resolve("", whole, "model.weights"))  # a local spec resolves to its file
             W.load_into(model, W.read_state_dict(path), whole)
-    info = ModelInfo(classes=classes, preprocess=preprocess, config=to_dict(cfg), task=task)
+    info = ModelInfo(classes=classes, preprocess=preprocess, config=to_dict(cfg), task=task, binary=binary)
     model.info = info  # type: ignore[assignment]  # torch's __setattr__ stub: modules/tensors only (read it with model_info)
     return model
 

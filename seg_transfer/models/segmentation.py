@@ -4,7 +4,8 @@ frozen backbone's features can be cached).
 
 An assembled model is backbone -> neck -> head (+ torchvision's auxiliary FCN head on ``layer3``),
 returning ``{"out", "aux"}`` logits at the input size like torchvision's segmenters. Zoo models stay
-torchvision's own modules; a new class count re-creates only their final 1x1 classifier convs.
+torchvision's own modules; a new class count re-creates only their final 1x1 classifier convs. A binary
+model (``model.binary``) has one output channel, the foreground's logit, for two class names.
 """
 from __future__ import annotations
 
@@ -153,6 +154,34 @@ def aux_head(in_channels: int, num_classes: int) -> nn.Module:
     return FCNHead(in_channels, num_classes)
 
 
+# ---------------------------------------------------------------------------------------- binary
+BINARY_CLASSES = ("background", "foreground")
+
+
+def binary_classes(num_classes: Optional[int], classes: Optional[Sequence[str]]) -> list[str]:
+    """A binary model's class names, background first: ``classes`` (one name: the foreground; two: background
+    and foreground) or ``background, foreground``. ``num_classes`` may count the output channel (1) or both
+    sides (2)."""
+    if num_classes not in (None, 1, 2):
+        raise ConfigError(f"model.num_classes: {num_classes} with model.binary: true; a binary model has one "
+                          f"output channel (a foreground vs the background): give num_classes: 1 or leave it out")
+    if classes is None:
+        return list(BINARY_CLASSES)
+    if len(classes) == 1:
+        return ["background", str(classes[0])]
+    if len(classes) == 2:
+        return [str(c) for c in classes]
+    raise ConfigError(f"model.classes: a binary model has a background and one foreground class, got "
+                      f"{len(classes)} names ({', '.join(map(str, classes))})")
+
+
+def class_names(cfg: ModelConfig, default: Optional[list[str]]) -> list[str]:
+    """The model's class names (``binary_classes`` for a binary model)."""
+    if cfg.binary:
+        return binary_classes(cfg.num_classes, cfg.classes)
+    return W.class_names(cfg.num_classes, cfg.classes, default)
+
+
 def build_assembled(cfg: ModelConfig, backbone_weights: W.Spec) -> Built:
     """``backbone`` + ``neck`` + a segmentation ``head`` (+ the aux head with ``aux_loss``)."""
     if cfg.neck not in NECKS:
@@ -161,12 +190,13 @@ def build_assembled(cfg: ModelConfig, backbone_weights: W.Spec) -> Built:
     if cfg.neck not in head_spec.necks:
         raise ConfigError(f"model: head '{cfg.head}' cannot sit on neck '{cfg.neck}'; "
                           f"valid necks for it: {', '.join(head_spec.necks)}")
-    classes = W.class_names(cfg.num_classes, cfg.classes, None)
+    classes = class_names(cfg, None)
+    channels = 1 if cfg.binary else len(classes)
     backbone = build_backbone(str(cfg.backbone), backbone_weights, cfg.output_stride,
                               520 if cfg.resize is None else cfg.resize)
     neck = NECKS[cfg.neck](backbone.out_channels, cfg.neck_channels, cfg.output_stride)
-    head = head_spec.build(neck.out_channels, backbone.strides, len(classes), cfg.output_stride)
-    aux = aux_head(backbone.out_channels["layer3"], len(classes)) if cfg.aux_loss else None
+    head = head_spec.build(neck.out_channels, backbone.strides, channels, cfg.output_stride)
+    aux = aux_head(backbone.out_channels["layer3"], channels) if cfg.aux_loss else None
     return SegmentationModel(backbone, neck, head, aux), backbone.preprocess, classes
 
 
@@ -205,7 +235,8 @@ def build_zoo(cfg: ModelConfig) -> Built:
     tv_name = ZOO[str(cfg.name)].tv_name
     if cfg.output_stride is not None:
         raise ConfigError("model.output_stride: zoo models keep torchvision's stride; use an assembled model")
-    num_classes = len(cfg.classes) if cfg.classes is not None else cfg.num_classes
+    # output channels: a binary model has one (the foreground's logit), whatever it calls its two classes
+    num_classes = 1 if cfg.binary else len(cfg.classes) if cfg.classes is not None else cfg.num_classes
     resolved = W.resolve(tv_name, cfg.weights, "weights")
     family = W.enum_or_default(tv_name, resolved)
     official = W.official_arch_kwargs(tv_name, resolved if isinstance(resolved, WeightsEnum) else None)
@@ -232,7 +263,7 @@ def build_zoo(cfg: ModelConfig) -> Built:
         model, _ = W.build_torchvision(tv_name, None, "weights", **kwargs)
         default = W.categories(family) if kwargs["num_classes"] == official["num_classes"] else None
     preprocess = Preprocess.from_transforms(family.transforms(), resize_size=cfg.resize)
-    return model, preprocess, W.class_names(cfg.num_classes, cfg.classes, default)
+    return model, preprocess, class_names(cfg, default)
 
 
 # -------------------------------------------------------------------------------- split forward

@@ -12,8 +12,9 @@ from torch import nn
 
 from ..errors import ConfigError, unknown
 from ..io import ImageInput, image_name, read_image, save_text
-from ..models.build import model_info
 from ..models.preprocess import Preprocess
+from ..models.tta import TTA, classification_probs
+from .backends import Runner, as_runner
 
 
 @dataclass
@@ -70,11 +71,13 @@ class ClassificationResult:
 
 
 @torch.inference_mode()
-def predict(model: nn.Module, preprocess: Preprocess, image: ImageInput, top_k: int = 5) -> ClassificationResult:
+def predict(model: Union[nn.Module, Runner], preprocess: Preprocess, image: ImageInput, top_k: int = 5,
+            tta: Optional[TTA] = None) -> ClassificationResult:
     """The weights' preprocessing (resize, centre crop, normalise) and ``model(batch).softmax(1)``, as
-    torchvision's recipe."""
+    torchvision's recipe; ``tta`` averages the softmax over flips and scales."""
     if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
         raise ConfigError(f"--top-k: expected a positive integer, got {top_k!r}")
-    batch = preprocess(read_image(image)).unsqueeze(0).to(next(model.parameters()).device)
-    probs = model(batch).softmax(dim=1)[0].float().cpu()
-    return ClassificationResult(probs=probs, classes=list(model_info(model).classes), name=image_name(image), top_k=top_k)
+    runner = as_runner(model)
+    batch = preprocess(read_image(image)).unsqueeze(0)
+    probs = runner(batch).float().softmax(dim=1) if tta is None else classification_probs(runner, batch, tta)
+    return ClassificationResult(probs=probs[0].cpu(), classes=list(runner.classes), name=image_name(image), top_k=top_k)

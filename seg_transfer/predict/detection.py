@@ -15,9 +15,12 @@ from torch import nn
 
 from ..errors import ConfigError, unknown
 from ..io import ImageInput, image_name, read_image, save_image, save_text
-from ..models.build import model_info
 from ..models.preprocess import Preprocess
+from ..models.tta import TTA
+from ..models.tta import detections as tta_detections
 from ..viz import draw_boxes
+from .backends import Runner, as_runner
+from .tiling import DEFAULT_OVERLAP, auto_tile, detect_tiled
 
 DEFAULT_SCORE_THRESHOLD = 0.5
 
@@ -97,16 +100,28 @@ class DetectionResult:
 
 
 @torch.inference_mode()
-def predict(model: nn.Module, preprocess: Preprocess, image: ImageInput,
-            score_threshold: float = DEFAULT_SCORE_THRESHOLD, classes: Sequence[str] = ()) -> DetectionResult:
+def predict(model: Union[nn.Module, Runner], preprocess: Preprocess, image: ImageInput,
+            score_threshold: float = DEFAULT_SCORE_THRESHOLD, classes: Sequence[str] = (),
+            tile: Optional[int] = None, overlap: int = DEFAULT_OVERLAP, tta: Optional[TTA] = None) -> DetectionResult:
     """torchvision's recipe, ``model([weights.transforms()(img)])[0]``, keeping boxes scoring at least
-    ``score_threshold`` (and, with ``classes``, of those classes only)."""
+    ``score_threshold`` (and, with ``classes``, of those classes only). ``tile``: detections of
+    overlapping tiles and the whole image merged by class-wise NMS (SAHI's recipe), for small objects in
+    large images; ``tta``: the views' detections merged the same way."""
     if isinstance(score_threshold, bool) or not isinstance(score_threshold, (int, float)) \
             or not 0.0 <= score_threshold <= 1.0:
         raise ConfigError(f"--score-threshold: expected a number from 0 to 1, got {score_threshold!r}")
+    runner = as_runner(model)
     rgb = read_image(image)
-    x = preprocess(rgb).to(next(model.parameters()).device)
-    out = {k: v.cpu() for k, v in model([x])[0].items()}
+    x = preprocess(rgb)
+
+    def detect(images: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+        return runner(images) if tta is None else tta_detections(runner, images, tta)
+
+    size = auto_tile(rgb.shape[-2], rgb.shape[-1], tile)
+    if size:
+        out = detect_tiled(detect, x, tile=size, overlap=overlap)
+    else:
+        out = {k: v.cpu() for k, v in detect([x])[0].items()}
     boxes, masks = out["boxes"].float(), out.get("masks")
     if x.shape[-2:] != rgb.shape[-2:]:  # a preprocessing resize (--resize): back to input pixels
         sy, sx = rgb.shape[-2] / x.shape[-2], rgb.shape[-1] / x.shape[-1]
@@ -115,6 +130,6 @@ def predict(model: nn.Module, preprocess: Preprocess, image: ImageInput,
             masks = F.interpolate(masks.float(), size=rgb.shape[-2:], mode="bilinear", align_corners=False)
     keep = out["scores"] >= score_threshold
     result = DetectionResult(image=rgb, boxes=boxes[keep], labels=out["labels"][keep], scores=out["scores"][keep],
-                             classes=list(model_info(model).classes), masks=None if masks is None else masks[keep][:, 0],
+                             classes=list(runner.classes), masks=None if masks is None else masks[keep][:, 0],
                              name=image_name(image), score_threshold=float(score_threshold))
     return result.only(classes)

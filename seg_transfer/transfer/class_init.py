@@ -1,10 +1,11 @@
 """Class-aware initialisation: a re-created classifier starts with the source's rows for classes the
 two models share (case-insensitive; ``__background__`` == ``background``), so a matched class
-predicts as before. Segmentation and classification heads (their final 1x1 conv / linear layer) and
-detectors' class-indexed predictors (R-CNN scores, box deltas and mask logits; SSD/RetinaNet logits)."""
+predicts as before (a binary model's one channel: foreground minus background). Segmentation and
+classification heads (their final 1x1 conv / linear layer) and detectors' class-indexed predictors
+(R-CNN scores, box deltas and mask logits; SSD/RetinaNet logits)."""
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -45,28 +46,57 @@ def classifier_convs(model: nn.Module, num_classes: int) -> list[tuple[str, nn.C
 
 @torch.no_grad()
 def class_aware_init(model: nn.Module, source_classes: Sequence[str], target_classes: Sequence[str],
-                     source_state: Mapping[str, torch.Tensor]) -> list[str]:
+                     source_state: Mapping[str, torch.Tensor], binary: bool = False) -> list[str]:
     """Copy the source classifier's rows (weight, bias) into the model's re-created classifier for
     classes present in both (case-insensitive; '__background__' == 'background'), so a matched class
-    starts out predicting as before. Returns the matched target class names in target order."""
+    starts out predicting as before. Returns the matched target class names in target order.
+
+    ``binary``: the model has one sigmoid channel for ``target_classes`` = [background, foreground]; it
+    starts as the source's foreground row minus its background row (the logit of foreground vs background
+    under the source's softmax), when the source has both classes."""
     if is_detector(model):
         return _detection_class_aware_init(model, source_classes, target_classes, source_state)
+    if binary:
+        return _binary_class_aware_init(model, source_classes, target_classes, source_state)
     pairs = matching_rows(source_classes, target_classes)
-    convs = []
-    for name, conv in classifier_convs(model, len(target_classes)):
-        weight = source_state.get(f"{name}.weight")
-        # The source's same-named conv must be its classifier: one row per source class, same inputs.
-        if weight is not None and weight.shape[0] == len(source_classes) and weight.shape[1:] == conv.weight.shape[1:]:
-            convs.append((name, conv, weight, source_state.get(f"{name}.bias")))
-    if not convs:
-        raise ConfigError(f"class_aware_init: no classifier conv with {len(target_classes)} outputs in the model "
-                          f"matches one with {len(source_classes)} outputs in the source weights")
+    convs = _source_convs(model, len(target_classes), source_classes, source_state)
     for _, conv, weight, bias in convs:
         for j, i in pairs:
             conv.weight[j].copy_(weight[i])
             if conv.bias is not None and bias is not None:
                 conv.bias[j].copy_(bias[i])
     return [target_classes[j] for j, _ in pairs]
+
+
+def _source_convs(model: nn.Module, outputs: int, source_classes: Sequence[str],
+                  source_state: Mapping[str, torch.Tensor]
+                  ) -> list[tuple[str, nn.Conv2d | nn.Linear, torch.Tensor, Any]]:
+    """The model's classifiers with ``outputs`` outputs, each with the source's same-named weight and bias."""
+    convs = []
+    for name, conv in classifier_convs(model, outputs):
+        weight = source_state.get(f"{name}.weight")
+        # The source's same-named conv must be its classifier: one row per source class, same inputs.
+        if weight is not None and weight.shape[0] == len(source_classes) and weight.shape[1:] == conv.weight.shape[1:]:
+            convs.append((name, conv, weight, source_state.get(f"{name}.bias")))
+    if not convs:
+        raise ConfigError(f"class_aware_init: no classifier conv with {outputs} outputs in the model "
+                          f"matches one with {len(source_classes)} outputs in the source weights")
+    return convs
+
+
+def _binary_class_aware_init(model: nn.Module, source_classes: Sequence[str], target_classes: Sequence[str],
+                             source_state: Mapping[str, torch.Tensor]) -> list[str]:
+    # softmax over {bg, fg} alone is sigmoid(z_fg - z_bg): the difference of the two rows is that logit
+    pairs = dict(matching_rows(source_classes, target_classes))
+    convs = _source_convs(model, 1, source_classes, source_state)
+    if set(pairs) != {0, 1}:
+        return []  # without both rows there is no logit to start from
+    fg, bg = pairs[1], pairs[0]
+    for _, conv, weight, bias in convs:
+        conv.weight[0].copy_(weight[fg] - weight[bg])
+        if conv.bias is not None and bias is not None:
+            conv.bias[0].copy_(bias[fg] - bias[bg])
+    return list(target_classes)
 
 
 @torch.no_grad()

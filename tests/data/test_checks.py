@@ -61,3 +61,36 @@ def test_label_frequencies_count_pixels_per_class_without_ignore(root):
     counts = label_frequencies(data.train)
     assert counts.dtype == np.int64 and counts.tolist() == expected.tolist()
     assert counts.sum() == len(data.train) * H * W - (4 * W if "f0" in data.train.names else 0)
+
+
+# ------------------------------------------------------------------------------ a long scan: once each, visibly
+def test_each_file_is_decoded_once_even_when_train_and_val_share_it(root, monkeypatch):
+    from PIL import ImageFile
+
+    loads: list[str] = []
+    original = ImageFile.ImageFile.load
+
+    def counting(self):
+        if self.tile:  # pixels still to decode (a second load() of a decoded image is free)
+            loads.append(str(self.filename))
+        return original(self)
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", counting)
+    data = build_folder(root, classes=CLASSES, split="all")  # every file in train and in val
+    assert check_dataset(data) == []
+    files = sorted(str(p) for sub in ("images", "masks") for p in (root / sub).iterdir())
+    assert sorted(loads) == files  # each image and mask decoded exactly once
+
+
+def test_a_slow_check_shows_a_bar_with_count_and_estimate_a_fast_one_stays_quiet(root, monkeypatch, capsys):
+    import itertools
+
+    import tqdm.std
+
+    check_dataset(folder(root))
+    assert capsys.readouterr().err == ""  # under 2 s: no bar
+    clock = itertools.count(0.0, 0.7)  # every tick of tqdm's clock: 0.7 s later
+    monkeypatch.setattr(tqdm.std, "time", lambda: next(clock))
+    check_dataset(folder(root))
+    err = capsys.readouterr().err
+    assert "data check:" in err and "6/6" in err and "<" in err  # count, and elapsed<remaining

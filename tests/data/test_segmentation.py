@@ -7,7 +7,9 @@ import pytest
 import torch
 
 from seg_transfer.data import DataError, SegCollate, build_folder, build_pipeline, build_transforms
-from seg_transfer.data.segmentation import SegTransform, apply_label_map, check_mask, default_train_spec
+from seg_transfer.data.checks import check_dataset
+from seg_transfer.data.segmentation import SegTransform, apply_label_map, binary_splits, check_mask, default_train_spec
+from seg_transfer.errors import ConfigError
 from seg_transfer.models.preprocess import Preprocess
 
 from . import CLASSES, FLAT, H, W, folder, make_folder, pair, save
@@ -194,3 +196,79 @@ def test_collate_stacks_equal_sizes_and_pads_others_with_ignore():
     assert images.shape == (2, 3, 6, 5) and masks.shape == (2, 6, 5)
     assert (masks[0, 4:] == 255).all() and (masks[1, :, 3:] == 255).all() and (masks[1, :, :3] == 1).all()
     assert (images[0, :, 4:] == 0).all() and (images[0, :, :4] == 1).all()
+
+
+# --------------------------------------------------------------------------- a binary model's masks
+def binary_folder(root, masks: dict) -> None:
+    """Images of ``pair`` with the given masks (name -> HxW uint8 array)."""
+    for k, (name, mask) in enumerate(masks.items()):
+        save(root / "images" / f"{name}.png", pair(k)[0])
+        save(root / "masks" / f"{name}.png", mask)
+
+
+def items(splits) -> dict:
+    return {name: ds.read_mask(i) for ds in splits for i, name in enumerate(ds.names)}
+
+
+def test_binary_splits_read_0_255_masks_as_0_1(tmp_path):
+    fg = [pair(k)[1] > 0 for k in range(4)]
+    binary_folder(tmp_path, {"a": np.where(fg[0], 255, 0).astype(np.uint8),   # as image editors save them
+                             "b": np.where(fg[1], 255, 0).astype(np.uint8),
+                             "c": fg[2].astype(np.uint8),                      # 0/1 masks read as they are
+                             "d": np.zeros((H, W), np.uint8)})                 # background only
+    plain = build_folder(tmp_path, classes=["background", "person"], val_ratio=0.5)
+    with pytest.raises(DataError, match="holds only 0 and 255.*a binary model \\(model.binary: true\\) reads"):
+        items(plain)  # a two-class softmax model would ignore every 255 pixel: still an error there
+    splits = binary_splits(plain)
+    assert splits.classes == ["background", "person"] and splits.train.binary and splits.val.binary
+    masks = items(splits)
+    for name, expected in zip("abcd", [*fg[:3], np.zeros((H, W), bool)]):
+        np.testing.assert_array_equal(masks[name], expected.astype(np.int64), err_msg=name)
+    image, mask = splits.train[0]
+    assert set(np.unique(mask)) <= {0, 1}
+    # One name is the foreground; the background is named for it.
+    assert binary_splits(build_folder(tmp_path, classes=["person"], val_ratio=0.5)).classes == ["background", "person"]
+
+
+def test_binary_255_is_ignored_only_when_said(tmp_path):
+    """A mask with 1 and 255 (VOC's void border habit) is ambiguous: a problem naming the fix; label_map
+    {255: 255} makes 255 the ignore value again."""
+    mask = (pair(0)[1] > 0).astype(np.uint8)
+    mask[0, :] = 255
+    binary_folder(tmp_path, {"a": mask, "b": mask})
+    splits = binary_splits(build_folder(tmp_path, classes=["background", "person"], val_ratio=0.5))
+    with pytest.raises(DataError) as info:
+        items(splits)
+    assert info.value.problem.kind == "binary_mask"
+    assert "holds 0, 1 and 255" in str(info.value) and "set label_map {255: 255}" in str(info.value)
+    said = binary_splits(build_folder(tmp_path, classes=["background", "person"], val_ratio=0.5,
+                                      label_map={255: 255}))
+    read = items(said)["a"]
+    assert (read[0] == 255).all() and set(np.unique(read[1:])) <= {0, 1}
+
+
+def test_binary_other_values_name_the_rule(tmp_path):
+    """An instance-id mask (Penn-Fudan: 0 background, k = person k) has values a binary model cannot read."""
+    inst = np.zeros((H, W), np.uint8)
+    inst[4:12, 4:10], inst[4:20, 20:30] = 1, 2
+    binary_folder(tmp_path, {"a": inst, "b": inst})
+    splits = binary_splits(build_folder(tmp_path, classes=["person"], val_ratio=0.5))
+    with pytest.raises(DataError, match="outside \\[0, 2\\) other than the ignore value 255: 2; a binary model reads "
+                                        "0 as background and 1 or 255 as foreground: map the others with label_map "
+                                        "\\(e.g. \\{2: 1\\}\\)"):
+        items(splits)
+    mapped = binary_splits(build_folder(tmp_path, classes=["person"], val_ratio=0.5, label_map={2: 1}))
+    np.testing.assert_array_equal(items(mapped)["a"], (inst > 0).astype(np.int64))
+
+
+def test_binary_splits_need_two_classes(tmp_path):
+    make_folder(tmp_path, FLAT)
+    with pytest.raises(ConfigError, match="data.classes: a binary model needs 2 classes .* got 3: background, road, car"):
+        binary_splits(folder(tmp_path))
+
+
+def test_data_check_in_binary_mode(tmp_path):
+    binary_folder(tmp_path, {f"m{k}": np.where(pair(k)[1] > 0, 255, 0).astype(np.uint8) for k in range(4)})
+    data = {"format": "folder", "root": str(tmp_path), "classes": ["background", "person"], "val_ratio": 0.5}
+    assert {p.kind for p in check_dataset(data, progress=False)} == {"binary_mask"}
+    assert check_dataset(data, progress=False, binary=True) == []

@@ -1,10 +1,10 @@
-"""Train/val splits: by ratio (deterministic, disjoint), by list files, by whole groups."""
+"""Train/val splits: by ratio (deterministic, disjoint), by list files, by whole groups; K folds."""
 from __future__ import annotations
 
 import pytest
 
 from seg_transfer.data.problems import DataError
-from seg_transfer.data.split import split_names
+from seg_transfer.data.split import group_keys, kfold, split_names
 from seg_transfer.errors import ConfigError
 
 from . import sequence_names
@@ -83,3 +83,45 @@ def test_list_split_reports_unknown_names_and_missing_files(tmp_path):
         split_names(NAMES, val_list="val.txt", root=tmp_path)
     with pytest.raises(DataError, match=r"list file .*nope.txt: no such file"):
         split_names(NAMES, val_list="nope.txt", root=tmp_path)
+
+
+# ---------------------------------------------------------------------------------------------- K folds
+def test_kfold_is_disjoint_covers_every_item_once_and_is_even():
+    for n, k in ((36, 5), (7, 7), (10, 3)):
+        folds = kfold(n, k, seed=1)
+        flat = [i for f in folds for i in f]
+        assert sorted(flat) == list(range(n))  # every item in exactly one fold
+        assert max(map(len, folds)) - min(map(len, folds)) <= 1
+    assert kfold(36, 5, seed=1) == kfold(36, 5, seed=1) != kfold(36, 5, seed=2)
+
+
+def test_kfold_keeps_groups_whole_and_leaves_one_group_out():
+    groups = group_keys(NAMES, REGEX)  # 6 + 10 + 20 frames of three sequences
+    for k in (2, 3):
+        folds = kfold(len(NAMES), k, groups=groups, seed=0)
+        assert sorted(i for f in folds for i in f) == list(range(len(NAMES)))
+        owner = {groups[i]: f for f, fold in enumerate(folds) for i in fold}
+        assert all(owner[groups[i]] == f for f, fold in enumerate(folds) for i in fold)  # no group straddles
+    # K = the number of groups: each fold is exactly one sequence
+    assert sorted({groups[i] for i in f}.pop() for f in kfold(len(NAMES), 3, groups=groups)) == \
+        ["0001TP", "0006R0", "0016E5"]
+    assert all(len({groups[i] for i in f}) == 1 for f in kfold(len(NAMES), 3, groups=groups))
+    with pytest.raises(ConfigError, match=r"--folds 4: group_regex finds only 3 groups .*--folds 3"):
+        kfold(len(NAMES), 4, groups=groups)
+
+
+def test_kfold_stratifies_by_label():
+    labels = [0] * 30 + [1] * 12 + [2] * 4  # imbalanced
+    folds = kfold(len(labels), 4, labels=labels, seed=0)
+    assert sorted(i for f in folds for i in f) == list(range(len(labels)))
+    for c in (0, 1, 2):
+        per_fold = [sum(labels[i] == c for i in f) for f in folds]
+        assert max(per_fold) - min(per_fold) <= 1, (c, per_fold)
+    assert max(map(len, folds)) - min(map(len, folds)) <= 1
+
+
+def test_kfold_refuses_too_few_folds_or_items():
+    with pytest.raises(ConfigError, match="at least 2 folds"):
+        kfold(10, 1)
+    with pytest.raises(ConfigError, match="--folds 5: only 3 items"):
+        kfold(3, 5)

@@ -76,3 +76,37 @@ def test_voc_names_a_listed_image_without_mask(voc):
     (root / "VOCdevkit" / "VOC2012" / "SegmentationClass" / f"{VAL[1]}.png").unlink()
     with pytest.raises(DataError, match=f"image .*{VAL[1]}.jpg: missing mask .*SegmentationClass/{VAL[1]}.png"):
         build_voc(root)
+
+
+# ----------------------------------------------------------------- published trees: colours, overlapping lists
+def test_voc_masks_saved_as_rgb_colours_read_as_indices(voc, capsys):
+    root, masks = voc
+    base = root / "VOCdevkit" / "VOC2012"
+    colours = np.array(voc_palette(), np.uint8).reshape(256, 3)
+    for name, mask in masks.items():  # as many mirrors publish them: RGB in VOC's colours, void cream
+        save(base / "SegmentationClass" / f"{name}.png", colours[mask])
+    data = build_voc(root)
+    for ds in (data.train, data.val):
+        for i, name in enumerate(ds.names):
+            np.testing.assert_array_equal(ds.read_mask(i), masks[name])
+    err = capsys.readouterr().err
+    assert err.count("are RGB colours of the VOC colormap; read as class indices") == 1
+
+
+def test_val_list_inside_train_list_trains_with_one_loud_warning(voc, capsys):
+    root, _ = voc
+    lists = root / "VOCdevkit" / "VOC2012" / "ImageSets" / "Segmentation"
+    (lists / "train.txt").write_text("\n".join(TRAIN + VAL) + "\n")  # val.txt lies inside train.txt
+    data = build_voc(root)
+    assert data.train.names == sorted(TRAIN + VAL) and data.val.names == VAL
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("warning: list file ") and "val.txt lies inside" in err
+    assert "val score will be optimistic" in err and "grep -vxFf" in err
+    build_voc(root)  # the Trainer builds again after the data check: said once
+    assert capsys.readouterr().err == ""
+    from seg_transfer.data import check_dataset
+    problems = check_dataset({"format": "voc", "root": str(root)})
+    assert [(p.kind, p.severity) for p in problems] == [("overlap", "warning")]
+    (lists / "train.txt").write_text("\n".join(TRAIN + VAL[:1]) + "\n")  # a partial overlap stays an error
+    with pytest.raises(DataError, match="share 1 names"):
+        build_voc(root)

@@ -111,7 +111,9 @@ def test_run_outputs_evaluate_and_resume(data_root, tmp_path, one_thread):
         assert list(csv.DictReader(f).fieldnames) == ["epoch", "train_loss", "val_loss", "accuracy", "top2",
                                                        "macro_f1", "lr", "seconds"]
     report = evaluate_checkpoint(cfg, run / "best.pt", out_dir=str(tmp_path / "eval"), progress=False)
-    assert report["files"] == ["metrics.json", "confusion.png"] and (tmp_path / "eval/confusion.png").is_file()
+    assert report["files"] == ["metrics.json", "config.yaml", "confusion.png", "predictions_best_worst.png",
+                               "report.html", "run.json"]
+    assert all((tmp_path / "eval" / name).is_file() for name in report["files"])
     assert report["images"] == 12 and sum(map(sum, report["confusion"])) == 12
     assert report["summary"][0].startswith("acc ") and "precision" in report["summary"][1]
     resumed = Trainer(cfg, run_dir=run, resume=True, progress=False, log=lambda _: None)

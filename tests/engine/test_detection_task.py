@@ -171,7 +171,9 @@ def test_trainer_runs_a_detection_epoch_and_writes_reports(tmp_path, one_thread)
     rows = list(csv.DictReader(open(run / "metrics.csv")))
     assert list(rows[0])[:9] == ["epoch", "train_loss", "val_loss", "ap", "ap50", "ap75", "ap_small", "ap_medium",
                                  "ap_large"]
-    assert np.isfinite(float(rows[0]["train_loss"])) and rows[0]["val_loss"] == "nan"  # detectors: no val loss
+    assert np.isfinite(float(rows[0]["train_loss"])) and np.isfinite(float(rows[0]["val_loss"]))  # train-mode loss
+    for name in ("confusion.png", "pr_curves.png", "predictions_best_worst.png", "run.json", "report.html"):
+        assert (run / name).is_file(), name
 
 
 @pytest.mark.slow
@@ -187,3 +189,81 @@ def test_finetune_lifts_ap50_on_synthetic_boxes(tmp_path, one_thread):
     assert before["ap50"] < 0.15
     assert max(r["ap50"] for r in result.history) > 0.5, result.history
     assert after["ap50"] > before["ap50"] + 0.35
+
+
+# ------------------------------------------------------------------- confusion matrix, per-image F1, PR
+def confusion_meter() -> CocoMeter:
+    """Hand-made images whose every box's fate is known (classes: 0 background, 1, 2)."""
+    meter = CocoMeter(3)
+    meter.update(
+        [det([[10, 10, 50, 50], [62, 60, 92, 90], [200, 200, 240, 240], [10, 10, 50, 50]], [1, 1, 2, 2],
+             [0.9, 0.8, 0.9, 0.3]),                     # hit; a 2 called 1 (IoU 0.88); a false alarm; below 0.5
+         det([[0, 0, 20, 20]], [1], [0.95]),            # on a crowd region: counts nowhere
+         det([], [], []),                               # nothing labelled, nothing found
+         det([[4, 0, 14, 10]], [1], [0.7])],            # overlaps both boxes: matched to the closer one (b)
+        [gt([[10, 10, 50, 50], [60, 60, 90, 90]], [1, 2]),
+         gt([[100, 100, 130, 130], [0, 0, 20, 20]], [1, 1], crowd=[0, 1]),  # one box missed, one crowd
+         gt([], []),
+         gt([[0, 0, 10, 10], [5, 0, 15, 10]], [1, 1])],  # a: IoU 0.43 with the detection, b: IoU 0.82
+        [(256, 256)] * 4)
+    return meter
+
+
+def test_detection_confusion_counts_matches_misses_and_false_alarms():
+    mat = confusion_meter().confusion(iou_threshold=0.5, score_threshold=0.5)
+    # rows: true (background first), columns: predicted
+    assert mat.tolist() == [[0, 0, 1],   # the false alarm of class 2
+                            [2, 2, 0],   # image 2's missed box and box a missed; two hits
+                            [0, 1, 0]]   # the 2 detected as a 1
+
+
+def test_detection_per_image_f1_and_per_class_precision_recall():
+    meter = confusion_meter()
+    # image 1: 1 hit, a wrong class (a miss and a false alarm), 1 false alarm -> 2 / (2 + 3)
+    assert meter.image_scores() == pytest.approx([0.4, 0.0, 1.0, 2 / 3])
+    m = meter.compute()
+    assert m["precision_per_class"] == pytest.approx([2 / 3, 0.0])  # class 1: 2 hits of 3 called 1
+    assert m["recall_per_class"] == pytest.approx([0.5, 0.0]) and m["boxes_per_class"] == [4, 1]
+
+
+def test_pr_curves_reuse_cocoeval_precision(tmp_path):
+    targets = [gt([[10, 10, 50, 50], [60, 60, 90, 95]], [1, 2])]
+    meter = CocoMeter(3)
+    meter.update([det(t["boxes"].tolist(), t["labels"].tolist(), [0.9, 0.8]) for t in targets], targets, [(100, 100)])
+    m = meter.compute()
+    assert meter.pr_precision.shape == (2, 101) and meter.pr_recall.shape == (101,)
+    assert np.allclose(meter.pr_precision, 1.0)  # every box found, nothing else: precision 1 at every recall
+    assert meter.pr_precision.mean(1) == pytest.approx(m["ap50_per_class"])
+    from seg_transfer.engine.plots import plot_pr_curves
+    assert plot_pr_curves(meter.pr_recall, meter.pr_precision, CLASSES, tmp_path / "pr.png").stat().st_size > 5000
+
+
+# ------------------------------------------------------------------------------------------ val loss
+def test_val_loss_updates_nothing_and_restores_modes(tmp_path, one_thread):
+    from seg_transfer.engine.tasks.detection import DetectionTask
+    from seg_transfer.models.build import build_model
+
+    model = build_model({**SMALL_DETECTOR, "num_classes": 3})
+    model.rpn._pre_nms_top_n.update(training=200, testing=100)
+    model.rpn._post_nms_top_n.update(training=100, testing=50)
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    model.eval()
+    model.backbone.body.layer1.train()  # a mixed state must come back as it was
+    modes = {name: m.training for name, m in model.named_modules()}
+    before = {k: v.clone() for k, v in model.state_dict().items()}  # parameters and BN buffers
+    rng = torch.get_rng_state()
+    root = make_voc_boxes(tmp_path / "data", n=2, size=64, val=1)
+    cfg = from_dict(Config, config(root, tmp_path / "runs", SMALL_DETECTOR))
+    from seg_transfer.data.registry import build_dataset
+    splits = build_dataset(cfg.data)
+    task = DetectionTask(cfg, splits)
+    _, val_t = task.transforms(cfg.augment, None)
+    images, targets = task.collate([splits.val.with_transform(val_t)[0], splits.train.with_transform(val_t)[0]])
+    with torch.inference_mode():
+        first = task.val_loss(model, images, targets)
+        second = task.val_loss(model, images, targets)
+    assert torch.isfinite(first) and float(first) > 0 and float(first) == float(second)  # RoI sampling seeded
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before), [k for k in before if not torch.equal(before[k], after[k])]
+    assert {name: m.training for name, m in model.named_modules()} == modes
+    assert torch.equal(torch.get_rng_state(), rng)  # training's random stream is not advanced

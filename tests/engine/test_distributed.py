@@ -196,8 +196,9 @@ for name, cfg_path, ckpt in json.loads(sys.argv[1]):
     splits = build_dataset(cfg.data)
     task = build_task(model.info.task, cfg, splits)
     dataset = splits.val.with_transform(task.transforms(cfg.augment, model.info.preprocess)[1])
-    loss, metrics, _ = evaluate(model, dataset, task, torch.device("cpu"), cfg.train.val_batch_size)
-    out[name] = {"loss": loss, "images": len(dataset), **plain_metrics(metrics)}
+    loss, metrics, meter = evaluate(model, dataset, task, torch.device("cpu"), cfg.train.val_batch_size)
+    # image_scores: gathered back into dataset order (the report's best and worst images)
+    out[name] = {"loss": loss, "images": len(dataset), "image_scores": meter.image_scores(), **plain_metrics(metrics)}
 if D.is_main():
     json.dump(out, open(sys.argv[2], "w"))
 D.teardown()
@@ -241,9 +242,11 @@ def test_distributed_evaluation_equals_one_process(tmp_path, one_thread):
     assert one.returncode == 0 and two.returncode == 0, (one.stderr[-2000:], two.stderr[-2000:])
     a, b = json.loads((tmp_path / "one.json").read_text()), json.loads((tmp_path / "two.json").read_text())
     assert [a[t]["images"] for t in ("segmentation", "classification", "detection")] == [3, 5, 5]
+    assert [len(a[t]["image_scores"]) for t in ("segmentation", "classification", "detection")] == [3, 5, 5]
+    assert a["detection"]["loss"] > 0  # the detectors' val loss (train mode, nothing updated), as one process
     for task in a:
         for key, value in a[task].items():
-            if key == "loss":
+            if key in ("loss", "image_scores"):
                 assert b[task][key] == pytest.approx(value, rel=1e-6, nan_ok=True), task
             else:
                 assert b[task][key] == value or (value != value and b[task][key] != b[task][key]), (task, key)

@@ -7,7 +7,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from seg_transfer.engine.losses import LOSSES, SegmentationCriterion, WeightedSum, build_loss, class_weights_from_counts
+from seg_transfer.engine.losses import (
+    BINARY_LOSSES,
+    LOSSES,
+    SegmentationCriterion,
+    WeightedSum,
+    build_binary_loss,
+    build_loss,
+    class_weights_from_counts,
+)
 from seg_transfer.errors import ConfigError
 
 C, IGNORE = 4, 255
@@ -186,3 +194,80 @@ def test_criterion_adds_weighted_aux():
     assert torch.equal(SegmentationCriterion(ce)({"out": logits}, target), ce(logits, target))
     assert torch.equal(SegmentationCriterion(ce)({"out": logits, "aux": None}, target), ce(logits, target))
     assert torch.equal(SegmentationCriterion(ce)(logits, target), ce(logits, target))
+
+
+# ------------------------------------------------------------------------------------ binary losses
+def binary_batch() -> tuple[torch.Tensor, torch.Tensor]:
+    """Four pixels of one image: logits 0, 2, -1, 3 against labels 0, 1, 1, ignore."""
+    logits = torch.tensor([0.0, 2.0, -1.0, 3.0]).view(1, 1, 2, 2)
+    target = torch.tensor([0, 1, 1, IGNORE]).view(1, 2, 2)
+    return logits, target
+
+
+def s(x: float) -> float:
+    return 1 / (1 + math.exp(-x))
+
+
+def test_binary_bce_matches_hand_computation():
+    logits, target = binary_batch()
+    # -log(1 - s(0)), -log(s(2)), -log(s(-1)); the ignored pixel counts nowhere
+    expected = (-math.log(1 - s(0)) - math.log(s(2)) - math.log(s(-1))) / 3
+    assert build_binary_loss("bce")(logits, target).item() == pytest.approx(expected, rel=1e-6)
+    # pos_weight multiplies the foreground pixels' terms
+    weighted = (-math.log(1 - s(0)) - 3 * math.log(s(2)) - 3 * math.log(s(-1))) / 3
+    assert build_binary_loss({"name": "bce", "pos_weight": 3})(logits, target).item() == pytest.approx(weighted, rel=1e-6)
+
+
+def test_binary_dice_and_default_bce_plus_dice():
+    logits, target = binary_batch()
+    p = [s(0), s(2), s(-1)]
+    g = [0, 1, 1]
+    dice = 1 - (2 * (p[1] + p[2]) + 1) / (sum(p) + sum(g) + 1)
+    assert build_binary_loss("dice")(logits, target).item() == pytest.approx(dice, rel=1e-6)
+    bce = (-math.log(1 - s(0)) - math.log(s(2)) - math.log(s(-1))) / 3
+    default = build_binary_loss(None)  # train.loss left out: BCE + Dice, weight 1 each
+    assert isinstance(default, WeightedSum) and set(default.last) == set()
+    assert default(logits, target).item() == pytest.approx(bce + dice, rel=1e-6)
+    assert set(default.last) == {"bce", "dice"}
+    # the criterion reads a binary model's {"out", "aux"} as for any other
+    crit = SegmentationCriterion(build_binary_loss("bce"), aux_weight=0.5)
+    assert crit({"out": logits, "aux": torch.zeros_like(logits)}, target).item() == pytest.approx(
+        bce + 0.5 * math.log(2), rel=1e-6)
+
+
+def test_binary_focal_matches_hand_computation():
+    logits, target = binary_batch()
+    p_t = [1 - s(0), s(2), s(-1)]  # the probability of each pixel's own label
+    expected = sum(-((1 - q) ** 2) * math.log(q) for q in p_t) / 3
+    assert build_binary_loss("focal")(logits, target).item() == pytest.approx(expected, rel=1e-5)
+    alpha = [0.75, 0.25, 0.25]  # alpha = 0.25 weighs the foreground, 1 - alpha the background
+    expected = sum(-a * ((1 - q) ** 2) * math.log(q) for a, q in zip(alpha, p_t)) / 3
+    assert build_binary_loss({"name": "focal", "alpha": 0.25})(logits, target).item() == pytest.approx(expected, rel=1e-5)
+
+
+@pytest.mark.parametrize("name", sorted(BINARY_LOSSES))
+def test_binary_losses_ignore_pixels_and_give_zero_when_all_ignored(name):
+    g = torch.Generator().manual_seed(3)
+    logits = torch.randn(2, 1, 5, 6, generator=g)
+    target = torch.randint(0, 2, (2, 5, 6), generator=g)
+    target[torch.rand(target.shape, generator=g) < 0.3] = IGNORE
+    loss = build_binary_loss(name)
+    other = logits.clone()
+    ignored = (target == IGNORE).unsqueeze(1)
+    other[ignored] = torch.randn(int(ignored.sum()), generator=g) * 10
+    assert torch.equal(loss(logits, target), loss(other, target))
+    other.requires_grad_(True)
+    loss(other, target).backward()
+    assert (other.grad[ignored] == 0).all() and other.grad.abs().sum() > 0
+    assert loss(logits, torch.full_like(target, IGNORE)).item() == 0.0
+
+
+def test_binary_loss_errors_name_the_problem():
+    with pytest.raises(ConfigError, match="unknown loss 'ce' \\(did you mean 'bce'\\?\\); valid: bce, dice, focal"):
+        build_binary_loss("ce")
+    with pytest.raises(ConfigError, match="loss.pos_weight: expected a positive number"):
+        build_binary_loss({"name": "bce", "pos_weight": -1})
+    with pytest.raises(ConfigError, match="did you mean 'pos_weight'"):
+        build_binary_loss({"name": "bce", "pos_wieght": 2})
+    with pytest.raises(ValueError, match="one logit channel"):
+        build_binary_loss("bce")(torch.zeros(1, 2, 2, 2), torch.zeros(1, 2, 2, dtype=torch.long))

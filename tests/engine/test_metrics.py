@@ -8,7 +8,16 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from seg_transfer.engine.metrics import ConfusionMatrix
+from seg_transfer.engine.metrics import (
+    BinarySegmentationMeter,
+    ClassificationMeter,
+    ConfusionMatrix,
+    SegmentationMeter,
+    binary_image_iou,
+    binary_prediction,
+    binary_scores,
+    image_iou,
+)
 
 IGNORE = 255
 
@@ -127,3 +136,72 @@ def test_reduce_all_reduces_when_initialised(tmp_path):
         assert torch.equal(metric.mat, before)
     finally:
         dist.destroy_process_group()
+
+
+# ------------------------------------------------------------------------------- per-image scores
+def test_image_iou_scores_each_image_over_its_own_classes():
+    target = torch.tensor([[[0, 0, 1, 1]], [[2, 2, 2, IGNORE]], [[IGNORE, IGNORE, IGNORE, IGNORE]]])
+    pred = torch.tensor([[[0, 0, 1, 0]], [[2, 2, 2, 1]], [[0, 1, 2, 3]]])
+    # image 1: class 0 IoU 2/3, class 1 IoU 1/2; image 2: class 2 perfect (the ignored pixel's 1 is not
+    # counted); image 3: nothing labelled -> 1.0
+    expected = [(2 / 3 + 1 / 2) / 2, 1.0, 1.0]
+    assert image_iou(pred, target, 3, IGNORE).tolist() == pytest.approx(expected)
+    meter = SegmentationMeter(3, IGNORE)
+    logits = torch.nn.functional.one_hot(pred.clamp(max=2), 3).permute(0, 3, 1, 2).float()
+    meter.update({"out": logits[:2]}, target[:2])
+    meter.update({"out": logits[2:]}, target[2:])
+    assert meter.reduce().image_scores() == pytest.approx(expected)  # in dataset order, over batches
+
+
+def test_classification_image_score_is_the_true_class_probability():
+    meter = ClassificationMeter(3, k=2)
+    logits = torch.tensor([[2.0, 0.0, 0.0], [0.0, 0.0, 5.0]])
+    meter.update(logits, torch.tensor([0, 1]))
+    probs = logits.softmax(1)
+    assert meter.reduce().image_scores() == pytest.approx([float(probs[0, 0]), float(probs[1, 1])])
+
+
+# ------------------------------------------------------------------------------- binary segmentation
+def test_binary_scores_exact_on_hand_made_masks():
+    """Labels and prediction of 8 pixels: tp 3, fp 1, fn 2, tn 1, one ignored."""
+    target = torch.tensor([[[1, 1, 1, 1, 1, 0, 0, IGNORE]]])  # N x H x W
+    pred = torch.tensor([[[1, 1, 1, 0, 0, 1, 0, 1]]])
+    meter = BinarySegmentationMeter(ignore_index=IGNORE)
+    meter.update(torch.where(pred == 1, 4.0, -4.0)[:, None], target)  # N x 1 x H x W logits: sigmoid 0.98 / 0.02
+    m = meter.reduce().compute()
+    assert m["iou"] == pytest.approx(3 / 6)
+    assert m["dice"] == pytest.approx(6 / 9)
+    assert m["precision"] == pytest.approx(3 / 4)
+    assert m["recall"] == pytest.approx(3 / 5)
+    assert m["pixel_accuracy"] == pytest.approx(4 / 7)
+    assert m["class_iou"] == pytest.approx([1 / 4, 3 / 6])  # background: tn 1 over tn + fp + fn = 4
+    assert m["miou"] == pytest.approx((1 / 4 + 3 / 6) / 2) and m["threshold"] == 0.5
+    assert meter.image_scores() == pytest.approx([0.5])
+
+
+def test_binary_meter_thresholds_the_sigmoid():
+    """Foreground where sigmoid(logit) >= threshold: the same logits score differently at 0.3 and 0.7."""
+    probs = torch.tensor([0.2, 0.4, 0.6, 0.8])
+    logits = torch.logit(probs).view(1, 1, 1, 4)
+    target = torch.tensor([[[0, 1, 1, 1]]])
+    np.testing.assert_array_equal(binary_prediction(logits, 0.5).numpy(), [[[0, 0, 1, 1]]])
+    low, high = BinarySegmentationMeter(0.3, IGNORE), BinarySegmentationMeter(0.7, IGNORE)
+    for meter in (low, high):
+        meter.update({"out": logits}, target)
+    assert low.compute()["recall"] == 1.0 and low.compute()["precision"] == 1.0 and low.compute()["iou"] == 1.0
+    assert high.compute()["recall"] == pytest.approx(1 / 3) and high.compute()["iou"] == pytest.approx(1 / 3)
+
+
+def test_binary_scores_are_nan_where_nothing_was_measured():
+    nothing = binary_scores(torch.tensor([[5, 0], [0, 0]]))  # all background, predicted so
+    assert math.isnan(nothing["iou"]) and math.isnan(nothing["dice"]) and math.isnan(nothing["precision"])
+    assert math.isnan(nothing["recall"]) and nothing["pixel_accuracy"] == 1.0
+    missed = binary_scores(torch.tensor([[2, 0], [3, 0]]))  # foreground never predicted
+    assert missed["iou"] == 0.0 and missed["recall"] == 0.0 and math.isnan(missed["precision"])
+
+
+def test_binary_image_iou_per_image():
+    target = torch.tensor([[[1, 1, 0, 0]], [[0, 0, 0, 0]], [[0, 0, 0, IGNORE]], [[1, 0, 0, 0]]])
+    pred = torch.tensor([[[1, 0, 0, 0]], [[0, 0, 0, 0]], [[0, 0, 1, 1]], [[0, 0, 0, 0]]])
+    # half found; nothing to find and nothing found; a false positive (the ignored pixel does not count); missed
+    assert binary_image_iou(pred, target, IGNORE).tolist() == [0.5, 1.0, 0.0, 0.0]

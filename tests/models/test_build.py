@@ -157,3 +157,48 @@ def test_backbone_default_weights_load_the_cached_checkpoint(standin):
     layer1 = model.backbone.stage("layer1").state_dict()
     assert layer1
     assert all(torch.equal(value, state[f"layer1.{key}"]) for key, value in layer1.items())
+
+
+# ------------------------------------------------------------------------------------------ binary
+@pytest.mark.parametrize("kwargs, classes", [
+    (dict(num_classes=1), ["background", "foreground"]),
+    (dict(binary=True, num_classes=None), ["background", "foreground"]),
+    (dict(binary=True, num_classes=None, classes=["person"]), ["background", "person"]),  # one name: the foreground
+    (dict(binary=True, num_classes=2, classes=["bg", "person"]), ["bg", "person"]),
+], ids=str)
+def test_binary_model_has_one_channel_and_two_class_names(kwargs, classes):
+    """num_classes: 1 or binary: true -> one sigmoid channel (out and aux); the classes name both sides."""
+    model = assembled(**kwargs, aux_loss=True)
+    out = run(model, torch.rand(1, 3, 64, 64))
+    assert out["out"].shape == out["aux"].shape == (1, 1, 64, 64)
+    assert model.info.binary and model.info.config["binary"] is True and model.info.classes == classes
+
+
+def test_binary_zoo_model_replaces_its_classifiers_with_one_channel():
+    model = create_model("lraspp_mobilenet_v3_large", weights=None, backbone_weights=None, num_classes=1)
+    assert run(model, torch.rand(1, 3, 64, 64))["out"].shape == (1, 1, 64, 64) and model.info.binary
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(binary=True, num_classes=3), "model.num_classes: 3 with model.binary: true"),
+    (dict(binary=True, num_classes=None, classes=["a", "b", "c"]), "a binary model has a background and one"),
+    (dict(binary=False, num_classes=1), "model.num_classes: 1 with model.binary: false"),
+    (dict(head="fasterrcnn", neck="fpn", binary=True), "only segmentation models have a binary mode; this is a "
+                                                      "detection model"),
+])
+def test_binary_config_errors(kwargs, match):
+    with pytest.raises(ConfigError, match=match):
+        assembled(**kwargs)
+
+
+def test_binary_checkpoint_round_trip(tmp_path):
+    from seg_transfer.models.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
+
+    model = assembled(binary=True, num_classes=None, classes=["person"]).eval()
+    save_checkpoint(tmp_path / "m.pt", model)
+    saved = read_checkpoint(tmp_path / "m.pt")
+    assert saved["model"]["binary"] is True and saved["classes"] == ["background", "person"]
+    back = load_checkpoint(tmp_path / "m.pt")
+    assert back.info.binary and back.info.classes == ["background", "person"]
+    x = torch.rand(1, 3, 48, 48)
+    torch.testing.assert_close(run(back, x)["out"], run(model, x)["out"])

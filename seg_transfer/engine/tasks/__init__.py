@@ -8,10 +8,10 @@ from ..metrics import Meter
 from .base import Task
 from .classification import ClassificationTask
 from .detection import DetectionTask
-from .segmentation import SegmentationTask
+from .segmentation import segmentation_task
 
 TASKS: dict[str, Callable[..., Task]] = {
-    "segmentation": SegmentationTask,
+    "segmentation": segmentation_task,  # SegmentationTask, or BinarySegmentationTask for a binary model's data
     "classification": ClassificationTask,
     "detection": DetectionTask,
 }

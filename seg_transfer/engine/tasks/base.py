@@ -8,7 +8,7 @@ and the plots of its predictions. Tasks never touch the optimizer, the file syst
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 from torch import nn
@@ -23,6 +23,7 @@ class Task:
     main_metric: str = ""   # key of ``compute()``, higher is better: picks best.pt, drives early stopping
     metric_label: str = ""  # how logs name it ("mIoU", "AP", "accuracy")
     fields: tuple[str, ...] = ()  # metrics.csv columns after epoch/train_loss/val_loss (lr/seconds follow)
+    image_score: str = ""   # what the meter's per-image score is ("image mIoU"...): titles of the best/worst grid
 
     collate: Callable[[list[Any]], tuple[Any, Any]]
 
@@ -58,10 +59,36 @@ class Task:
         """What ``seg-transfer evaluate`` prints: the summary, then per-class figures."""
         return [self.summary(metrics)]
 
-    def plot_predictions(self, model: nn.Module, dataset: Any, n: int, device: torch.device, path: Path) -> None:
-        """predictions.png: the first ``n`` val items with ground truth and prediction."""
+    def per_class(self, metrics: dict[str, Any]) -> dict[str, dict[str, float]]:
+        """The per-class figures of one evaluation: class name -> {metric: value}, in class order."""
+        return {}
+
+    def plot_predictions(self, model: nn.Module, dataset: Any, n: int, device: torch.device, path: Path,
+                         indices: Optional[Sequence[int]] = None, titles: Optional[Sequence[str]] = None) -> None:
+        """predictions.png: ``n`` val items (or items ``indices``, each row titled by ``titles``) with
+        ground truth and prediction."""
+
+    def plot_best_worst(self, model: nn.Module, dataset: Any, scores: Sequence[float], k: int,
+                        device: torch.device, path: Path) -> Optional[Path]:
+        """The ``k`` best and ``k`` worst items of ``dataset`` by their per-image ``scores`` (a meter's
+        ``image_scores``, in dataset order) in one prediction grid; None when there are no scores."""
+        if not scores or k < 1 or len(scores) != len(dataset):
+            return None
+        order = sorted(range(len(scores)), key=lambda i: (scores[i], i))
+        best = order[::-1][:k]
+        worst = [i for i in order[:k] if i not in best]
+        names = getattr(dataset, "names", None)
+
+        def title(kind: str, rank: int, i: int) -> str:
+            name = str(names[i]) if isinstance(names, list) and i < len(names) else ""
+            if len(name) > 32:  # a grid column is narrow: the end of a long relative path names the file
+                name = "..." + name[-29:]
+            return f"{kind} {rank + 1} ({self.image_score} {scores[i]:.3f})" + (f"\n{name}" if name else "")
+        titles = [title("best", r, i) for r, i in enumerate(best)] + [title("worst", r, i) for r, i in enumerate(worst)]
+        self.plot_predictions(model, dataset, len(best) + len(worst), device, path, indices=best + worst, titles=titles)
+        return path
 
     def write_report(self, metrics: dict[str, Any], meter: Meter, out_dir: Path) -> dict[str, Any]:
-        """Extra evaluation outputs (``seg-transfer evaluate``): files in ``out_dir``; returns JSON-able
-        additions to the report."""
+        """Extra evaluation outputs (the run folder at each best epoch, ``seg-transfer evaluate``'s folder):
+        files in ``out_dir`` (confusion.png...); returns JSON-able additions to the report, with "files"."""
         return {}

@@ -3,7 +3,7 @@ per-class F1 meter, a grid of val images titled predicted vs true, the confusion
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import torch
@@ -37,11 +37,12 @@ class ClassificationTask(Task):
     name = "classification"
     main_metric = "accuracy"
     metric_label = "accuracy"
+    image_score = "p(true class)"
 
     def __init__(self, cfg: Config, splits: Any) -> None:
         self.classes = list(splits.classes)
         t = cfg.train
-        if t.loss not in ("ce", "cross_entropy"):
+        if t.loss not in (None, "ce", "cross_entropy"):
             raise ConfigError(f"train.loss: classification trains with cross-entropy ('ce'), got {t.loss!r}")
         if not 0.0 <= t.label_smoothing < 1.0:
             raise ConfigError(f"train.label_smoothing: expected a value in [0, 1), got {t.label_smoothing!r}")
@@ -85,15 +86,22 @@ class ClassificationTask(Task):
             lines.append(f"  {name:<20} {p:9.4f} {r:9.4f} {f:9.4f} {n:8d}")
         return lines
 
-    def plot_predictions(self, model: nn.Module, dataset: Any, n: int, device: torch.device, path: Path) -> None:
+    def per_class(self, metrics: dict[str, Any]) -> dict[str, dict[str, float]]:
+        return {name: {"precision": float(p), "recall": float(r), "f1": float(f), "support": float(n)}
+                for name, p, r, f, n in zip(self.classes, metrics["precision"], metrics["recall"], metrics["f1"],
+                                            metrics["support"])}
+
+    def plot_predictions(self, model: nn.Module, dataset: Any, n: int, device: torch.device, path: Path,
+                         indices: Optional[Sequence[int]] = None, titles: Optional[Sequence[str]] = None) -> None:
         # Spread over the split: datasets list one class after another, so the first n would show one class.
-        images, targets, preds = sample_predictions(model, dataset, spread(n, len(dataset)), device,
+        items = list(indices) if indices is not None else spread(n, len(dataset))
+        images, targets, preds = sample_predictions(model, dataset, items, device,
                                                     lambda logits: int(logits.argmax(1)[0]))
-        plot_classifications(images, [int(t) for t in targets], preds, self.classes, path)
+        plot_classifications(images, [int(t) for t in targets], preds, self.classes, path, titles=titles)
 
     def write_report(self, metrics: dict[str, Any], meter: Meter, out_dir: Path) -> dict[str, Any]:
         assert isinstance(meter, ClassificationMeter)
-        return confusion_report(meter.matrix.mat, self.classes, out_dir)
+        return confusion_report(meter.matrix.mat, self.classes, out_dir, unit="images")
 
 
 def _class_weights(spec: Any, train: Any, num_classes: int) -> Optional[torch.Tensor]:
