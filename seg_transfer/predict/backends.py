@@ -4,7 +4,6 @@ NxCxHxW, classification logits NxC, detection one dict of boxes/labels/scores pe
 prediction code is the same whatever runs the model."""
 from __future__ import annotations
 
-import copy
 import os
 import tempfile
 import warnings
@@ -202,7 +201,7 @@ def runner_for(model: nn.Module, backend: str = "torch", fast: bool = False) -> 
         return TorchRunner(model, fast=fast)
     device = next(model.parameters()).device
     with tempfile.TemporaryDirectory(prefix="seg_transfer_export_") as tmp:
-        path = export_model(copy.deepcopy(model).cpu(), Path(tmp) / "model.onnx", "onnx")
+        path = export_model(model, Path(tmp) / "model.onnx", "onnx")  # exports a CPU copy
         return load_model_file(path, backend, device)
 
 
