@@ -177,6 +177,14 @@ def run_reference(args: argparse.Namespace, train: list[str], val: list[str]) ->
 
 # ------------------------------------------------------------------------------------ the engine
 
+def ref_augment(crop: int) -> list[dict[str, Any]]:
+    """``RefTrainTransform`` as the engine's albumentations steps: scale 0.5-2, pad, crop, flip."""
+    return [{"name": "RandomScale", "scale_limit": [-0.5, 1.0], "p": 1.0},
+            {"name": "PadIfNeeded", "min_height": crop, "min_width": crop, "border_mode": "constant"},
+            {"name": "RandomCrop", "height": crop, "width": crop},
+            {"name": "HorizontalFlip", "p": 0.5}]
+
+
 def engine_config(args: argparse.Namespace, train: list[str], val: list[str], out: Path) -> dict[str, Any]:
     lists = {}
     for side, stems in (("train", train), ("val", val)):
@@ -188,13 +196,7 @@ def engine_config(args: argparse.Namespace, train: list[str], val: list[str], ou
         "model": {"name": MODEL, "weights": "DEFAULT", "resize": 360},
         "data": {"format": "folder", "root": args.data, "images": "train", "masks": "trainannot",
                  "classes": CLASSES, "label_map": {11: 255}, "ignore_index": 255, **lists},
-        "augment": {"crop_size": crop,
-                    "train": [{"name": "RandomScale", "scale_limit": [-0.5, 1.0], "p": 1.0},
-                              {"name": "PadIfNeeded", "min_height": crop, "min_width": crop,
-                               "border_mode": "constant"},
-                              {"name": "RandomCrop", "height": crop, "width": crop},
-                              {"name": "HorizontalFlip", "p": 0.5}],
-                    "val": []},
+        "augment": {"crop_size": crop, "train": ref_augment(crop), "val": []},
         "freeze": {"strategy": "partial", "unfreeze_from": "layer2"},
         "train": {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "backbone_lr_mult": 0.1,
                   "scheduler": "poly", "warmup_epochs": 0.5, "class_weights": "median_frequency",

@@ -70,7 +70,7 @@ from torchvision.models.segmentation import LRASPP
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from common import CAMVID_CLASSES  # noqa: E402
-from engine_vs_reference import RefDataset, RefTrainTransform  # noqa: E402  (the references' data path)
+from engine_vs_reference import RefDataset, RefTrainTransform, ref_augment  # noqa: E402  (the references' data path)
 
 from seg_transfer.config import Config, from_dict  # noqa: E402
 from seg_transfer.engine import distributed as D  # noqa: E402
@@ -201,13 +201,7 @@ def engine_config(args: argparse.Namespace, mode: str, lists: dict[str, str], ou
         "model": {"name": args.model, "weights": "DEFAULT", "resize": 360},
         "data": {"format": "folder", "root": args.data, "images": "train", "masks": "trainannot",
                  "classes": CAMVID_CLASSES, "label_map": {11: IGNORE}, "ignore_index": IGNORE, **lists},
-        "augment": {"crop_size": crop,  # the reference's RefTrainTransform, as albumentations steps
-                    "train": [{"name": "RandomScale", "scale_limit": [-0.5, 1.0], "p": 1.0},
-                              {"name": "PadIfNeeded", "min_height": crop, "min_width": crop,
-                               "border_mode": "constant"},
-                              {"name": "RandomCrop", "height": crop, "width": crop},
-                              {"name": "HorizontalFlip", "p": 0.5}],
-                    "val": []},
+        "augment": {"crop_size": crop, "train": ref_augment(crop), "val": []},
         "freeze": {"strategy": strategy, "unfreeze_from": "layer2" if mode == "partial" else None},
         "train": {"epochs": args.warmup + args.rounds, "batch_size": args.batch_size, "optimizer": "sgd",
                   "lr": args.lr, "momentum": 0.9, "weight_decay": 1e-4, "scheduler": "poly", "amp": "off",
