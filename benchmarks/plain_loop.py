@@ -1,9 +1,9 @@
 #!/usr/bin/env python
-"""The plain reference: a minimal torchvision-references-style segmentation training loop, run on the
-same folds as ``seg-transfer cv`` and summarised in the same fields, so the engine is always measured
-against the plain recipe on equal terms.
+"""The plain reference: minimal torchvision-style training loops for the three tasks, run on the same folds
+as ``seg-transfer cv`` and summarised in the same fields (scored by the engine's own meters), so the engine
+is always measured against the plain recipe on equal terms.
 
-What it does (``references/segmentation/train.py``, written out): the config's torchvision zoo model
+Segmentation (``references/segmentation/train.py``, written out): the config's torchvision zoo model
 (``model.name``) from its weights with the classifier convs re-created for the dataset's classes; SGD
 (``train.momentum``, ``train.weight_decay``) over every parameter at one ``train.lr``; poly LR (power 0.9)
 per iteration; random resize of the shorter side to 0.5-2.0x the base size (``model.resize``, else the
@@ -13,6 +13,15 @@ when the model has one), no class weights; every BatchNorm trains. Val images ar
 and scored by the engine's own confusion matrix. From the config it takes the data, model, crop, batch,
 LR, momentum, weight decay, epochs, seed, workers, device and AMP; it ignores freezing, class weights,
 warmup, precise BN, the backbone LR multiplier, the optimizer and scheduler names and the augment lists.
+
+Classification (PyTorch's transfer-learning tutorial, "finetuning the ConvNet"): the zoo model from its
+weights with the last Linear re-created; RandomResizedCrop to the weights' crop size + horizontal flip;
+val through ``weights.transforms()``; SGD over every parameter; StepLR(7 epochs, x0.1); plain
+cross-entropy. Detection (torchvision's detection fine-tuning tutorial / ``references/detection``):
+Faster R-CNN from its weights with a new ``FastRCNNPredictor``; horizontal flip; SGD over every trainable
+parameter with the references' linear warmup (first epoch, up to 1000 iterations, from 0.001x) and LR
+x0.1 at 16/26 and 22/26 of the epochs (their 26-epoch schedule, scaled); the summed loss dict. Both take
+the config's data, model, batch, LR, momentum, weight decay, epochs, seed and device.
 
     seg-transfer cv configs/camvid_lraspp.yaml --folds 3 train.epochs=20 --out runs/cv_engine
     .venv/bin/python benchmarks/plain_loop.py configs/camvid_lraspp.yaml --folds 3 train.epochs=20 \\
@@ -193,6 +202,172 @@ def train_and_score(cfg: Config, run_dir: Path, progress: bool = False) -> Outco
     return Outcome(metrics, "miou", "mIoU")
 
 
+# --------------------------------------------------------------------------- classification, detection
+def _seed_all(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _weights(cfg: Config) -> Any:
+    enum = torchvision.models.get_model_weights(cfg.model.name)
+    spec = cfg.model.weights
+    return None if spec is None else enum.DEFAULT if spec == "DEFAULT" else enum[spec.split(".")[-1]]
+
+
+class ClassTrain:
+    """The tutorial's train transform: RandomResizedCrop(crop) + flip, normalised as the weights say."""
+
+    def __init__(self, crop: int, mean: list[float], std: list[float]) -> None:
+        self.crop, self.mean, self.std = crop, mean, std
+
+    def __call__(self, image: np.ndarray, label: int) -> tuple[torch.Tensor, int]:
+        img = torch.from_numpy(image).permute(2, 0, 1)
+        img = torchvision.transforms.RandomResizedCrop(self.crop, antialias=True)(img)
+        if random.random() < 0.5:
+            img = img.flip(-1)
+        return TF.normalize(img.float() / 255, self.mean, self.std), label
+
+
+class ClassVal:
+    """``weights.transforms()`` as it is (resize, centre crop, normalise)."""
+
+    def __init__(self, preset: Any) -> None:
+        self.preset = preset
+
+    def __call__(self, image: np.ndarray, label: int) -> tuple[torch.Tensor, int]:
+        return self.preset(torch.from_numpy(image).permute(2, 0, 1)), label
+
+
+def train_and_score_classification(cfg: Config, run_dir: Path, progress: bool = False) -> Outcome:
+    """One fold of the tutorial's recipe; the engine's ClassificationMeter scores it."""
+    from seg_transfer.engine.metrics import ClassificationMeter
+
+    t = cfg.train
+    _seed_all(t.seed)
+    device = resolve_device(None if t.device == "auto" else t.device)
+    splits = build_dataset(cfg.data)
+    classes = list(splits.classes)
+    weights = _weights(cfg)
+    model = torchvision.models.get_model(cfg.model.name, weights=weights)
+    head_parent, head_name, head = next((parent, name, child) for parent in reversed(list(model.modules()))
+                                        for name, child in parent.named_children() if isinstance(child, nn.Linear))
+    setattr(head_parent, head_name, nn.Linear(head.in_features, len(classes)))
+    preset = (weights or torchvision.models.get_model_weights(cfg.model.name).DEFAULT).transforms()
+    crop = preset.crop_size[0] if isinstance(preset.crop_size, (list, tuple)) else preset.crop_size
+    train = Items(splits.train, ClassTrain(crop, list(preset.mean), list(preset.std)))
+    loader = torch.utils.data.DataLoader(train, batch_size=t.batch_size, shuffle=True, num_workers=t.workers,
+                                         generator=torch.Generator().manual_seed(t.seed))
+    model.to(device)
+    opt = torch.optim.SGD(model.parameters(), lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=7, gamma=0.1)
+    epochs = []
+    for epoch in range(t.epochs):
+        model.train()
+        start, losses = time.perf_counter(), []
+        for image, label in loader:
+            loss = F.cross_entropy(model(image.to(device)), label.to(device))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+        sched.step()
+        epochs.append({"epoch": epoch + 1, "train_loss": statistics.fmean(losses), "seconds": time.perf_counter() - start})
+        if progress:
+            print(f"   plain epoch {epoch + 1}/{t.epochs}: loss {epochs[-1]['train_loss']:.4f}", flush=True)
+    meter = ClassificationMeter(len(classes), min(5, len(classes)))
+    val = torch.utils.data.DataLoader(Items(splits.val, ClassVal(preset)), batch_size=t.val_batch_size)
+    model.eval()
+    with torch.inference_mode():
+        for image, label in val:
+            meter.update(model(image.to(device)), label.to(device))
+    return _finish(meter.compute(), classes, epochs, run_dir, "accuracy", "accuracy")
+
+
+def train_and_score_detection(cfg: Config, run_dir: Path, progress: bool = False) -> Outcome:
+    """One fold of the detection tutorial's recipe; the engine's CocoMeter scores it."""
+    from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
+
+    from seg_transfer.data.detection import detection_collate
+    from seg_transfer.engine.metrics import CocoMeter
+
+    t = cfg.train
+    _seed_all(t.seed)
+    device = resolve_device(None if t.device == "auto" else t.device)
+    splits = build_dataset(cfg.data)
+    classes = list(splits.classes)  # __background__ first, as torchvision's detectors
+    model = torchvision.models.get_model(cfg.model.name, weights=_weights(cfg))
+    if not hasattr(model, "roi_heads"):
+        raise ConfigError(f"plain_loop.py: detection runs Faster R-CNN models, got {cfg.model.name!r}")
+    box = model.roi_heads.box_predictor
+    model.roi_heads.box_predictor = FastRCNNPredictor(box.cls_score.in_features, len(classes))
+
+    def to_tensors(image: np.ndarray, target: dict[str, np.ndarray]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        img = torch.from_numpy(image).permute(2, 0, 1).float() / 255
+        return img, {"boxes": torch.as_tensor(np.asarray(target["boxes"], np.float32)).reshape(-1, 4),
+                     "labels": torch.as_tensor(np.asarray(target["labels"], np.int64))}
+
+    def flip(image: np.ndarray, target: dict[str, np.ndarray]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        img, tgt = to_tensors(image, target)
+        if random.random() < 0.5:
+            img, width = img.flip(-1), img.shape[-1]
+            tgt["boxes"] = torch.stack([width - tgt["boxes"][:, 2], tgt["boxes"][:, 1],
+                                        width - tgt["boxes"][:, 0], tgt["boxes"][:, 3]], 1)
+        return img, tgt
+
+    loader = torch.utils.data.DataLoader(Items(splits.train, flip), batch_size=t.batch_size, shuffle=True,
+                                         num_workers=t.workers, collate_fn=detection_collate,
+                                         generator=torch.Generator().manual_seed(t.seed))
+    model.to(device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.SGD(params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
+    milestones = sorted({round(t.epochs * 16 / 26), round(t.epochs * 22 / 26)} - {0})
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=milestones, gamma=0.1)
+    epochs = []
+    for epoch in range(t.epochs):
+        model.train()
+        warm = min(1000, len(loader) - 1) if epoch == 0 else 0
+        warmup = torch.optim.lr_scheduler.LinearLR(opt, start_factor=0.001, total_iters=warm) if warm else None
+        start, losses = time.perf_counter(), []
+        for images, targets in loader:
+            loss_dict = model([i.to(device) for i in images], [{k: v.to(device) for k, v in tg.items()} for tg in targets])
+            loss = sum(loss_dict.values())
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if warmup is not None:
+                warmup.step()
+            losses.append(float(loss))
+        sched.step()
+        epochs.append({"epoch": epoch + 1, "train_loss": statistics.fmean(losses), "seconds": time.perf_counter() - start})
+        if progress:
+            print(f"   plain epoch {epoch + 1}/{t.epochs}: loss {epochs[-1]['train_loss']:.4f}", flush=True)
+    meter = CocoMeter(len(classes))
+    val = torch.utils.data.DataLoader(Items(splits.val, to_tensors), batch_size=t.val_batch_size,
+                                      collate_fn=detection_collate)
+    model.eval()
+    with torch.inference_mode():
+        for images, targets in val:
+            meter.update(model([i.to(device) for i in images]), targets)
+    return _finish(meter.compute(), classes, epochs, run_dir, "ap", "AP")
+
+
+def _finish(metrics: dict[str, Any], classes: list[str], epochs: list[dict[str, Any]], run_dir: Path,
+            metric: str, label: str) -> Outcome:
+    save_text(json.dumps({**jsonable(metrics), "classes": classes}, indent=1) + "\n", run_dir / "val_metrics_last.json")
+    save_text(json.dumps({"epochs": epochs}, indent=1) + "\n", run_dir / "plain.json")
+    return Outcome(metrics, metric, label)
+
+
+PLAIN_RUNNERS = {"segmentation": train_and_score, "classification": train_and_score_classification,
+                 "detection": train_and_score_detection}
+
+
+def plain_runner(cfg: Config, run_dir: Path, progress: bool = False) -> Outcome:
+    """The plain loop of ``cfg``'s task."""
+    return PLAIN_RUNNERS[task_of(cfg.model)](cfg, run_dir, progress)
+
+
 # ------------------------------------------------------------------------------------------ main
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -216,7 +391,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         out = args.out or Path(cfg.output.dir) / f"plain_{Path(args.config).stem}"
         log = (lambda _m: None) if args.quiet else print
         log(f"plain loop: {plan.describe()}; {args.seeds} seed(s) each; runs in {out}/")
-        cv = CrossValidation(cfg, plan, out, lambda c, d: train_and_score(c, d, not args.quiet), seeds=args.seeds,
+        cv = CrossValidation(cfg, plan, out, lambda c, d: plain_runner(c, d, not args.quiet), seeds=args.seeds,
                              name="plain", source=args.config, overrides=args.overrides)
         run_schedule([cv], log)
         summary = cv.write()

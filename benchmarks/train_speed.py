@@ -11,8 +11,10 @@ the plain way: ``requires_grad_(False)``, those BatchNorm layers put back in eva
                       features. Its reference is the plain version of the same idea: the backbone run
                       once (no_grad, eval) over one augmented crop per frame, features kept in a list,
                       a shuffled DataLoader over it, the model's own head + upsampling on each batch.
-Variants (applied to both sides through the same code, since the engine has no switch for either):
-  channels_last       ``model.to(memory_format=torch.channels_last)`` and each batch's inputs converted
+Variants:
+  channels_last       the engine's ``train.channels_last: true`` (off in every other variant: its CPU
+                      default is on); the reference: ``model.to(memory_format=torch.channels_last)`` and
+                      each batch's inputs converted
   compile             ``torch.compile`` of what the step calls (the engine's ``Trainer.net``, the
                       reference's model or head); compiling happens in the warm-up epochs, reported
                       apart (first epoch less a steady one) with inductor's on-disk caches off. The
@@ -194,7 +196,8 @@ def frames(root: Path, n: int) -> tuple[list[str], list[str]]:
     return train[:: len(train) // n][:n], val
 
 
-def engine_config(args: argparse.Namespace, mode: str, lists: dict[str, str], out: Path, name: str) -> dict[str, Any]:
+def engine_config(args: argparse.Namespace, mode: str, lists: dict[str, str], out: Path, name: str,
+                  channels_last: bool = False) -> dict[str, Any]:
     crop = args.crop
     strategy = "feature_extraction" if mode == "cached" else mode
     return {
@@ -205,7 +208,7 @@ def engine_config(args: argparse.Namespace, mode: str, lists: dict[str, str], ou
         "freeze": {"strategy": strategy, "unfreeze_from": "layer2" if mode == "partial" else None},
         "train": {"epochs": args.warmup + args.rounds, "batch_size": args.batch_size, "optimizer": "sgd",
                   "lr": args.lr, "momentum": 0.9, "weight_decay": 1e-4, "scheduler": "poly", "amp": "off",
-                  "workers": args.workers, "device": "cpu", "seed": args.seed},
+                  "workers": args.workers, "device": "cpu", "seed": args.seed, "channels_last": channels_last},
         "cache": {"enabled": mode == "cached", "copies": 1, "dtype": "float32"},
         "output": {"dir": str(out), "name": name, "num_predictions": 0},
     }
@@ -216,14 +219,11 @@ class EngineSide:
 
     def __init__(self, args: argparse.Namespace, mode: str, variant: str, lists: dict[str, str], out: Path) -> None:
         name = f"{mode}_{variant}"
-        cfg = from_dict(Config, engine_config(args, mode, lists, out, name))
+        # the engine's own switch (train.channels_last); eager turns its CPU default off
+        cfg = from_dict(Config, engine_config(args, mode, lists, out, name, "channels_last" in variant))
         self.trainer = Trainer(cfg, run_dir=out / name, progress=False, log=lambda m: None)
         self.args, self.epoch_index, self.loader_index = args, 0, 1000
         self.cache_s = self.trainer.cache_seconds
-        if "channels_last" in variant:  # no engine switch: converted from outside, as on the reference side
-            self.trainer.model.to(memory_format=torch.channels_last)  # in place: the optimizer's tensors stay
-            step = self.trainer.train_loss
-            self.trainer.train_loss = lambda inputs, targets: step(to_channels_last(inputs), targets)  # type: ignore[method-assign]
         if "compile" in variant:
             self.trainer.net = cast(nn.Module, torch.compile(self.trainer.net))
 

@@ -543,7 +543,9 @@ def _add_cv(sub: Any) -> None:
                         description="K-fold cross-validation over the config's train and val images pooled: "
                                     "whole groups stay in one fold (data.group_regex), classes are balanced "
                                     "over folds (classification). Every fold is a normal run folder, "
-                                    "DIR/fold<k>_seed<s>/; the summary is DIR/cv_summary.json, .csv and cv.png.")
+                                    "DIR/fold<k>_seed<s>/; the summary is DIR/cv_summary.json, .csv and cv.png. A run's "
+                                    "figures are its last epoch's, and only that epoch is evaluated unless "
+                                    "train.val_interval=N asks for more.")
     cv.add_argument("config", help="YAML config")
     common(cv)
     cv.set_defaults(func=cmd_cv)

@@ -108,6 +108,9 @@ def from_dict(cls: type[T], data: Union[T, Mapping[str, Any], None], where: str 
         if key not in hints:
             raise unknown("key", path, [f"{where}.{n}" if where else n for n in names])
         kwargs[key] = _check(value, hints[key], path)
+        low = fields[key].metadata.get("min")
+        if low is not None and kwargs[key] < low:
+            raise ConfigError(f"{path}: expected at least {low}, got {kwargs[key]!r}")
         choices = fields[key].metadata.get("choices")
         if choices and kwargs[key] is not None:
             for i, item in enumerate(kwargs[key] if isinstance(kwargs[key], list) else [kwargs[key]]):
@@ -155,6 +158,10 @@ def _choice(default: Any, *choices: Any) -> Any:
     return field(default=default, metadata={"choices": choices})
 
 
+def _at_least(default: int, low: int) -> Any:
+    return field(default=default, metadata={"min": low})
+
+
 @dataclass
 class AugmentConfig:
     """``augment:``: albumentations steps as ``[{name: HorizontalFlip, p: 0.5}, ...]``; None = defaults."""
@@ -181,7 +188,7 @@ class TrainConfig:
     """``train:``: optimisation, loss and run control."""
 
     epochs: int = 30
-    batch_size: int = 8
+    batch_size: int = _at_least(8, 1)
     val_batch_size: int = 1
     optimizer: str = _choice("sgd", "sgd", "adamw")
     lr: float = 0.01
@@ -199,14 +206,17 @@ class TrainConfig:
     threshold: float = 0.5  # binary segmentation: foreground where the sigmoid is >= this (val metrics, plots)
     amp: str = _choice("auto", "auto", "off", "bf16", "fp16")
     grad_clip: Optional[float] = None
-    accumulate: int = 1
+    accumulate: int = _at_least(1, 1)
     seed: int = 0
     deterministic: bool = False
     patience: Optional[int] = None
     workers: int = 0
     device: str = "auto"
     init_from: Optional[str] = None
-    precise_bn: int = 0  # before each evaluation, recompute BatchNorm statistics over this many train batches
+    precise_bn: int = _at_least(0, 0)  # before each evaluation, recompute BatchNorm statistics over this many train batches
+    # NHWC convolutions; None: on for segmentation/classification on the CPU (measured faster), else off
+    channels_last: Optional[bool] = None
+    val_interval: int = _at_least(1, 1)  # evaluate every N epochs (and always after the last): screening runs skip the rest
     # torchrun: the learning rate for N processes is lr x N (linear), lr x sqrt(N) (sqrt) or lr (none)
     lr_scaling: str = _choice("none", "none", "linear", "sqrt")
     sync_bn: bool = False  # torchrun on CUDA: BatchNorm statistics over the global batch (SyncBatchNorm)

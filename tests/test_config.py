@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from seg_transfer.config import ModelConfig, from_dict, load_model_config, load_yaml
+from seg_transfer.config import ModelConfig, TrainConfig, from_dict, load_model_config, load_yaml
 from seg_transfer.errors import ConfigError
 from seg_transfer.models import build_model
 
@@ -32,6 +32,12 @@ def test_unknown_key_names_path_and_suggests():
 def test_bad_values_name_the_key(key, value, expected):
     with pytest.raises(ConfigError, match=expected):
         from_dict(ModelConfig, {key: value}, "model")
+
+
+@pytest.mark.parametrize("key,value", [("val_interval", 0), ("batch_size", 0), ("accumulate", -1), ("precise_bn", -2)])
+def test_counts_below_their_minimum_name_the_key(key, value):
+    with pytest.raises(ConfigError, match=rf"train.{key}: expected at least \d, got {value}"):
+        from_dict(TrainConfig, {key: value}, "train")
 
 
 def test_block_must_be_a_mapping():

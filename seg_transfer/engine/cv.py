@@ -147,7 +147,9 @@ def fold_config(cfg: Config, plan: FoldPlan, fold: int, seed: int, run_dir: Path
     data = {k: v for k, v in cfg.data.items() if k not in ("group_regex", "val_groups")}
     if "split" in inspect.signature(DATASETS[data["format"]]).parameters:
         data["split"] = "list"
-    return replace(cfg, data={**data, **lists}, train=replace(cfg.train, seed=seed),
+    # A run's figures are its last evaluation's: earlier ones only cost time, unless val_interval asks for them.
+    every = cfg.train.val_interval if cfg.train.val_interval > 1 else max(1, cfg.train.epochs)
+    return replace(cfg, data={**data, **lists}, train=replace(cfg.train, seed=seed, val_interval=every),
                    output=replace(cfg.output, dir=str(run_dir.parent), name=run_dir.name))
 
 

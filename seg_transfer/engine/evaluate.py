@@ -30,8 +30,8 @@ from .tasks import Task, build_task
 
 def evaluate(model: nn.Module, dataset: Any, task: Task, device: torch.device, batch_size: int = 1,
              collate: Optional[Callable] = None, progress: bool = False,
-             amp: tuple[bool, Optional[torch.dtype]] = (False, None), cached: bool = False
-             ) -> tuple[float, dict[str, Any], Meter]:
+             amp: tuple[bool, Optional[torch.dtype]] = (False, None), cached: bool = False,
+             channels_last: bool = False) -> tuple[float, dict[str, Any], Meter]:
     """Val loss (NaN where the task has none) and ``task``'s metrics of ``model`` over ``dataset``
     (transformed items, or cached features with ``cached=True``). Under torchrun each rank scores its
     own shard (no item twice) and the meters and losses are summed over ranks: the figures are exact."""
@@ -42,7 +42,7 @@ def evaluate(model: nn.Module, dataset: Any, task: Task, device: torch.device, b
     total, count = 0.0, 0
     with torch.inference_mode():
         for inputs, targets in tqdm(loader, desc="eval", unit="batch", leave=False, disable=not progress):
-            inputs, targets = to_device(inputs, device), task.to_device(targets, device)
+            inputs, targets = to_device(inputs, device, channels_last), task.to_device(targets, device)
             with torch.autocast(device.type, dtype=amp[1], enabled=amp[0]):
                 loss = task.eval_batch(forward, inputs, targets, cached, meter)
             if loss is not None:
@@ -53,12 +53,15 @@ def evaluate(model: nn.Module, dataset: Any, task: Task, device: torch.device, b
     return (loss_sum / items if items else float("nan")), meter.compute(), meter
 
 
-def to_device(inputs: Any, device: torch.device) -> Any:
-    """Images (a batch tensor, or a list of images of different sizes), or a dict of cached features, onto ``device``."""
+def to_device(inputs: Any, device: torch.device, channels_last: bool = False) -> Any:
+    """Images (a batch tensor, or a list of images of different sizes), or a dict of cached features, onto
+    ``device``; ``channels_last``: batches of images and feature maps (4-d) in that memory format."""
     if isinstance(inputs, dict):
-        return {k: v.to(device) for k, v in inputs.items()}
+        return {k: to_device(v, device, channels_last) for k, v in inputs.items()}
     if isinstance(inputs, (list, tuple)):  # detectors take a list of differently sized images
         return [x.to(device) for x in inputs]
+    if channels_last and inputs.dim() == 4:
+        return inputs.to(device, memory_format=torch.channels_last)
     return inputs.to(device)
 
 

@@ -23,7 +23,7 @@ from torchvision.ops import sigmoid_focal_loss
 
 from ..errors import ConfigError, unknown
 
-WEIGHT_METHODS = ("median_frequency", "inverse_log")
+WEIGHT_METHODS = ("median_frequency", "sqrt_frequency", "inverse_log")
 ClassWeights = Union[Sequence[float], str, None]
 LossSpec = Union[str, Mapping[str, Any], Sequence[Union[str, Mapping[str, Any]]]]
 
@@ -32,8 +32,9 @@ def class_weights_from_counts(counts: Sequence[float] | torch.Tensor,
                               method: str = "median_frequency") -> list[float]:
     """Per-class loss weights from label pixel counts, for imbalanced data such as CamVid.
 
-    ``median_frequency`` (Eigen & Fergus): ``median(freq) / freq_c``; ``inverse_log`` (ENet):
-    ``1 / ln(1.02 + freq_c)``. Classes with no pixels get weight 0: they cannot occur in the loss anyway.
+    ``median_frequency`` (Eigen & Fergus): ``median(freq) / freq_c``; ``sqrt_frequency``: its square root
+    (a milder boost of rare classes); ``inverse_log`` (ENet): ``1 / ln(1.02 + freq_c)``. Classes with no
+    pixels get weight 0: they cannot occur in the loss anyway.
     """
     if method not in WEIGHT_METHODS:
         raise unknown("class weight method", method, WEIGHT_METHODS, "class_weights")
@@ -43,8 +44,10 @@ def class_weights_from_counts(counts: Sequence[float] | torch.Tensor,
     freq = counts_t / counts_t.sum()
     present = counts_t > 0
     weights = torch.zeros_like(freq)
-    if method == "median_frequency":
+    if method in ("median_frequency", "sqrt_frequency"):
         weights[present] = freq[present].median() / freq[present]
+        if method == "sqrt_frequency":
+            weights = weights.sqrt()
     else:
         weights[present] = 1.0 / torch.log(1.02 + freq[present])
     return weights.tolist()
@@ -133,7 +136,7 @@ class FocalLoss(nn.Module):
 
 def _ce(num_classes: int, ignore_index: int = 255, class_weights: ClassWeights = None,
         label_smoothing: float = 0.0, class_counts: Optional[Sequence[float]] = None) -> nn.Module:
-    """Cross-entropy; ``class_weights``: a list, 'median_frequency' or 'inverse_log' (from class counts)."""
+    """Cross-entropy; ``class_weights``: a list, 'median_frequency', 'sqrt_frequency' or 'inverse_log' (from class counts)."""
     return CrossEntropyLoss(ignore_index, _resolve_class_weights(class_weights, num_classes, class_counts),
                             label_smoothing)
 

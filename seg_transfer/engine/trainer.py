@@ -65,6 +65,14 @@ def _sync_batchnorm(model: nn.Module, device: torch.device) -> nn.Module:
     return nn.SyncBatchNorm.convert_sync_batchnorm(model)  # children converted in place: model.info stays
 
 
+def use_channels_last(setting: Optional[bool], task: str, device: torch.device) -> bool:
+    """``train.channels_last``; None (auto): on for batched images (not detectors' lists) on the CPU, where
+    benchmarks/train_speed.py measured 1.35-1.42x per step; CUDA is left as it is (not measured here)."""
+    if setting is None:
+        return task != "detection" and device.type == "cpu"
+    return setting
+
+
 class TrainingDiverged(SegTransferError):
     """The loss became NaN or infinite."""
 
@@ -124,6 +132,9 @@ class Trainer:
 
         info = model_info(self.model)
         self.task: Task = build_task(info.task, cfg, splits)
+        self.channels_last = use_channels_last(t.channels_last, info.task, self.device)
+        if self.channels_last:  # before the optimizer exists: it keeps the parameters it is given
+            self.model.to(memory_format=torch.channels_last)
         # every rank builds them (a missing extra fails alike everywhere); rank 0 alone writes
         loggers = build_loggers(t.loggers, self.task.fields)
         self.loggers = loggers if D.is_main() else Loggers()
@@ -138,7 +149,11 @@ class Trainer:
         if self.cached:
             self._build_caches()
 
-        self.steps_per_epoch = max(1, math.ceil(len(self.train_set) / D.world_size() / t.batch_size / t.accumulate))
+        # optimizer steps per epoch as train_epoch's loader makes them (it drops a last partial batch), so
+        # poly and cosine reach their end on the last step
+        per_rank = math.ceil(len(self.train_set) / D.world_size())
+        batches = per_rank // t.batch_size if len(self.train_set) > t.batch_size else math.ceil(per_rank / t.batch_size)
+        self.steps_per_epoch = max(1, math.ceil(batches / t.accumulate))
         self.lr = t.lr * LR_SCALING[t.lr_scaling](D.world_size())
         self.optimizer = build_optimizer(param_groups(self.model, self.lr, t.backbone_lr_mult), t.optimizer,
                                          lr=self.lr, momentum=t.momentum, weight_decay=t.weight_decay)
@@ -261,7 +276,7 @@ class Trainer:
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{t.epochs}", unit="batch", leave=False,
                    disable=not self.progress)
         for step, (inputs, targets) in enumerate(bar):
-            inputs, targets = to_device(inputs, self.device), self.task.to_device(targets, self.device)
+            inputs, targets = to_device(inputs, self.device, self.channels_last), self.task.to_device(targets, self.device)
             update = (step + 1) % t.accumulate == 0 or step + 1 == len(loader)
             # Accumulating: gradients stay local until the step that updates (DDP's no_sync).
             sync = self.net.no_sync() if isinstance(self.net, DistributedDataParallel) and not update \
@@ -311,8 +326,8 @@ class Trainer:
         def step(batch: Any) -> None:
             inputs, targets = batch
             with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_enabled):
-                self.task.train_loss(forward, to_device(inputs, self.device), self.task.to_device(targets, self.device),
-                                     self.cached)
+                self.task.train_loss(forward, to_device(inputs, self.device, self.channels_last),
+                                     self.task.to_device(targets, self.device), self.cached)
 
         used = recompute_bn_stats(self.model, loader, step, n)
         D.average_buffers(trainable_bn(self.model))  # each rank saw its shard: the mean over all of them
@@ -322,7 +337,8 @@ class Trainer:
     def evaluate(self) -> tuple[float, dict[str, Any], Meter]:
         """Val loss and metrics over the val split (all ranks contribute to the meter)."""
         return evaluate(self.model, self.val_set, self.task, self.device, self.cfg.train.val_batch_size,
-                        self.collate, self.progress, (self.amp_enabled, self.amp_dtype), cached=self.cached)
+                        self.collate, self.progress, (self.amp_enabled, self.amp_dtype), cached=self.cached,
+                        channels_last=self.channels_last)
 
     def fit(self) -> RunResult:
         """Train every epoch left; on rank 0 the run folder gets its files as each epoch ends, and
@@ -357,6 +373,16 @@ class Trainer:
             self._unfreeze_for(epoch)
             start = time.perf_counter()
             train_loss = self.train_epoch(epoch)
+            if not self._evaluates(epoch):
+                took = time.perf_counter() - start
+                row = {"epoch": epoch + 1, "train_loss": train_loss, "lr": self.optimizer.param_groups[0]["lr"],
+                       "seconds": took, "train_seconds": took}
+                self.history.append(row)
+                self.log(f"epoch {epoch + 1}/{t.epochs}  train_loss {train_loss:.4f}  lr {row['lr']:.2e}  "
+                         f"{row['seconds']:.1f}s  (no evaluation: train.val_interval {t.val_interval})")
+                if D.is_main():
+                    self._save_info_and_last(epoch, {})
+                continue
             self.precise_bn(epoch)
             trained = time.perf_counter()
             val_loss, metrics, meter = self.evaluate()
@@ -376,7 +402,7 @@ class Trainer:
                      + ("  *best*" if improved else ""))
             if D.is_main():
                 self._write_epoch(epoch, metrics, improved, meter)
-            if t.patience is not None and stale >= t.patience:
+            if t.patience is not None and stale >= t.patience:  # evaluations without a gain
                 self.log(f"early stop: no {label} gain for {t.patience} epoch(s); best {self.best:.4f} "
                          f"at epoch {self.best_epoch}")
                 result.stopped_early = True
@@ -456,6 +482,14 @@ class Trainer:
                     "image_names": names if isinstance(names, list) else None, **extra}
             save_text(json.dumps(best, indent=1, default=float) + "\n", self.run_dir / "val_metrics_best.json")
         self.loggers.epoch(self.history, self.task.per_class(metrics), images)
+        self._save_info_and_last(epoch, metrics, improved)
+
+    def _evaluates(self, epoch: int) -> bool:
+        """``train.val_interval``: every N-th epoch is evaluated, and always the last."""
+        return (epoch + 1) % self.cfg.train.val_interval == 0 or epoch + 1 == self.cfg.train.epochs
+
+    def _save_info_and_last(self, epoch: int, metrics: dict[str, Any], improved: bool = False) -> None:
+        """run.json and last.pt after every epoch (resume needs them); best.pt when ``improved``."""
         self._save_run_info()
         extra = {"epoch": epoch + 1, "best_metric": float(self.best), "metric": self.task.main_metric,
                  "best_epoch": self.best_epoch,

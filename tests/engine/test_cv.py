@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -78,6 +79,7 @@ def test_fold_configs_train_and_validate_on_exactly_the_fold(seg_root, tmp_path)
     for fold in range(plan.k):
         fold_cfg = CV.fold_config(cfg, plan, fold, 7, tmp_path / f"fold{fold + 1}_seed7")
         assert fold_cfg.train.seed == 7 and "group_regex" not in fold_cfg.data
+        assert fold_cfg.train.val_interval == cfg.train.epochs  # only the last epoch's figures count
         assert fold_cfg.output.name == f"fold{fold + 1}_seed7" and Path(fold_cfg.output.dir) == tmp_path
         splits = build_dataset(fold_cfg.data)  # the format's own list reading
         train, val = set(splits.train.names), set(splits.val.names)
@@ -98,7 +100,8 @@ def test_classification_folds_are_stratified_and_limit_train_is_fixed(cls_root, 
         assert len(t) == 6 and not set(t) & set(v)
     again = CV.plan_folds(pool, 4, limit_train=6, seed=0)
     assert again.train == plan.train  # the same subset for every recipe and seed: runs stay paired
-    fold_cfg = CV.fold_config(cfg, plan, 0, 0, tmp_path / "f")
+    fold_cfg = CV.fold_config(replace(cfg, train=replace(cfg.train, val_interval=2)), plan, 0, 0, tmp_path / "f")
+    assert fold_cfg.train.val_interval == 2  # asked for: kept
     splits = build_dataset(fold_cfg.data)
     assert fold_cfg.data["split"] == "list" and len(splits.train) == 6 and len(splits.val) == 5
 

@@ -123,6 +123,9 @@ def test_class_weights_from_counts():
     il = class_weights_from_counts(torch.tensor(counts), "inverse_log")
     assert il[:3] == pytest.approx([1 / math.log(1.02 + f) for f in freq]) and il[3] == 0.0
     assert il[0] < il[1] < il[2]  # rarer classes weigh more
+    sq = class_weights_from_counts(counts, "sqrt_frequency")
+    assert sq[:3] == pytest.approx([math.sqrt(w) for w in mf[:3]]) and sq[3] == 0.0
+    assert mf[2] > sq[2] > 1 > sq[0] > mf[0]  # the same order, milder
     with pytest.raises(ConfigError, match="did you mean 'median_frequency'"):
         class_weights_from_counts(counts, "median_freq")
 

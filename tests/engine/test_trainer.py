@@ -1,6 +1,7 @@
 """The fine-tuning engine on a synthetic dataset the tests generate (random-init models: no checkpoint)."""
 from __future__ import annotations
 
+import copy
 import csv
 import hashlib
 
@@ -116,8 +117,11 @@ def test_checkpoint_is_self_describing(data_root, tmp_path):
     model = load_checkpoint(tmp_path / "run" / "last.pt")
     x = torch.rand(1, 3, 64, 64)
     t.model.eval()
+    assert t.channels_last  # the CPU default: the trained model's convolutions run NHWC, the loaded one's NCHW
     with torch.no_grad():
-        assert torch.equal(model(x)["out"], t.model.to("cpu")(x)["out"])
+        torch.testing.assert_close(model(x)["out"], t.model.to("cpu")(x)["out"], rtol=1e-5, atol=1e-5)
+        model.to(memory_format=torch.channels_last)
+        assert torch.equal(model(x)["out"], t.model(x)["out"])  # same weights, same kernels: bit for bit
 
 
 def test_early_stopping(data_root, tmp_path, monkeypatch):
@@ -143,3 +147,74 @@ def test_cache_refused_when_backbone_trains(data_root, tmp_path):
     from seg_transfer.errors import SegTransferError
     with pytest.raises(SegTransferError, match="feature_extraction"):
         trainer(data_root, tmp_path, cache={"enabled": True}, freeze={"strategy": "partial", "stages": 2})
+
+
+def test_val_interval_evaluates_every_nth_and_the_last_epoch(data_root, tmp_path, monkeypatch):
+    t = trainer(data_root, tmp_path, train={"epochs": 5, "val_interval": 2, "precise_bn": 1})
+    calls = {"evaluate": 0, "precise_bn": 0}
+    evaluate, precise_bn = t.evaluate, t.precise_bn
+
+    def counted(name, fn):
+        def wrapper(*a, **k):
+            calls[name] += 1
+            return fn(*a, **k)
+        return wrapper
+
+    monkeypatch.setattr(t, "evaluate", counted("evaluate", evaluate))
+    monkeypatch.setattr(t, "precise_bn", counted("precise_bn", precise_bn))
+    result = t.fit()
+    assert calls == {"evaluate": 3, "precise_bn": 3}  # epochs 2, 4 and the last, 5
+    assert [("miou" in r) for r in result.history] == [False, True, False, True, True]
+    assert all(r["train_loss"] > 0 for r in result.history)
+    assert read_checkpoint(tmp_path / "run" / "last.pt")["epoch"] == 5  # saved after every epoch
+    with open(tmp_path / "run" / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["epoch"] for r in rows] == ["1", "2", "3", "4", "5"] and rows[0]["miou"] == ""
+    assert (tmp_path / "run" / "curves.png").is_file() and result.best_epoch in (2, 4, 5)
+
+
+def test_channels_last_trains_as_nchw_does(data_root, tmp_path):
+    """``train.channels_last`` changes the memory format only: one step's loss and gradients agree with NCHW
+    within float error, and so does an epoch's loss (the weights then drift apart as float noise compounds)."""
+    t = trainer(data_root, tmp_path / "nhwc", train={"epochs": 1, "channels_last": True, "seed": 3})
+    conv = next(m for m in t.model.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size != (1, 1))
+    assert t.channels_last and conv.weight.is_contiguous(memory_format=torch.channels_last)
+    inputs, targets = next(iter(torch.utils.data.DataLoader(t.train_set, batch_size=4, collate_fn=t.collate)))
+    nchw = copy.deepcopy(t.model).to(memory_format=torch.contiguous_format)
+    assert not next(m for m in nchw.modules() if isinstance(m, torch.nn.Conv2d)).weight.is_contiguous(
+        memory_format=torch.channels_last)
+    grads = []
+    for model, x in ((t.model, inputs.contiguous(memory_format=torch.channels_last)), (nchw, inputs.contiguous())):
+        model.train()
+        model.zero_grad()
+        loss = t.task.train_loss(model, x, targets, False)
+        loss.backward()
+        grads.append((loss.item(), {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}))
+    (loss_a, grad_a), (loss_b, grad_b) = grads
+    assert loss_a == pytest.approx(loss_b, rel=1e-5) and grad_a.keys() == grad_b.keys()
+    for key, g in grad_a.items():
+        torch.testing.assert_close(g, grad_b[key], rtol=1e-3, atol=1e-5, msg=key)
+    plain = trainer(data_root, tmp_path / "nchw", train={"epochs": 1, "channels_last": False, "seed": 3})
+    assert not plain.channels_last
+    t.model.zero_grad()
+    assert t.fit().history[-1]["train_loss"] == pytest.approx(plain.fit().history[-1]["train_loss"], rel=1e-3)
+
+
+def test_channels_last_auto_is_on_for_batched_images_on_the_cpu():
+    from seg_transfer.engine.trainer import use_channels_last
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert use_channels_last(None, "segmentation", cpu) and use_channels_last(None, "classification", cpu)
+    assert not use_channels_last(None, "detection", cpu)  # detectors batch a list of images themselves
+    assert not use_channels_last(None, "segmentation", cuda) and use_channels_last(True, "segmentation", cuda)
+    assert not use_channels_last(False, "segmentation", cpu)
+
+
+def test_poly_schedule_ends_at_zero_when_the_last_partial_batch_is_dropped(data_root, tmp_path):
+    probe = trainer(data_root, tmp_path / "probe", train={"epochs": 1})
+    n = len(probe.train_set)
+    bs = next(b for b in (3, 5, 7, 9) if n % b and n > b)
+    t = trainer(data_root, tmp_path, train={"epochs": 2, "batch_size": bs, "scheduler": "poly", "val_interval": 2})
+    assert t.steps_per_epoch == n // bs  # the loader drops the partial batch: the schedule counts what runs
+    t.fit()
+    assert t.scheduler.last_epoch == 2 * (n // bs) and t.optimizer.param_groups[0]["lr"] == 0.0
