@@ -39,7 +39,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, cast
 
 import numpy as np
 import torch
@@ -135,8 +135,9 @@ def build_model(cfg: Config, num_classes: int) -> tuple[nn.Module, Any]:
         for parent in (module.modules() if module is not None else ()):
             for child_name, child in parent.named_children():
                 if isinstance(child, nn.Conv2d) and child.out_channels == trained:
-                    setattr(parent, child_name, nn.Conv2d(child.in_channels, num_classes, child.kernel_size,
-                                                          child.stride, child.padding, bias=child.bias is not None))
+                    k, stride, pad = cast(Any, (child.kernel_size, child.stride, child.padding))  # tuples of 2
+                    setattr(parent, child_name, nn.Conv2d(child.in_channels, num_classes, k, stride, pad,
+                                                          bias=child.bias is not None))
     return model, weights
 
 
@@ -337,7 +338,7 @@ def train_and_score_detection(cfg: Config, run_dir: Path, progress: bool = False
             opt.step()
             if warmup is not None:
                 warmup.step()
-            losses.append(float(loss))
+            losses.append(loss.item())
         sched.step()
         epochs.append({"epoch": epoch + 1, "train_loss": statistics.fmean(losses), "seconds": time.perf_counter() - start})
         if progress:

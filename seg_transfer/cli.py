@@ -329,7 +329,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_advise(args: argparse.Namespace) -> int:
     from .advise import advise
 
-    print(advise(args.num_images, args.similarity).snippet())
+    print(advise(args.num_images, args.similarity, task=args.task).snippet())
     return 0
 
 
@@ -618,6 +618,8 @@ def build_parser() -> argparse.ArgumentParser:
     adv.add_argument("--num-images", type=int, required=True, help="labelled training images")
     adv.add_argument("--similarity", choices=("high", "low"), required=True,
                      help="how much your images look like the pretraining data (ImageNet/COCO photos)")
+    adv.add_argument("--task", choices=("segmentation", "classification", "detection"), default="segmentation",
+                     help="whose measured settings to add (default: segmentation)")
     adv.set_defaults(func=cmd_advise)
     mod = sub.add_parser("models", help="list backbones, necks, and each task's zoo models and heads")
     mod.set_defaults(func=cmd_models)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from seg_transfer.advise import SMALL_BELOW, VERY_LARGE_FROM, Advice, advise, size_class
+from seg_transfer.advise import MEASURED, SMALL_BELOW, TASKS, VERY_LARGE_FROM, Advice, advise, size_class
+from seg_transfer.config import Config, from_dict
 from seg_transfer.errors import ConfigError
 from seg_transfer.transfer import STRATEGIES
 
@@ -75,7 +76,7 @@ def test_snippet_parses(n, similarity):
     assert set(data) <= {"model", "freeze", "train", "cache"} and {"freeze", "train", "cache"} <= set(data)
     assert data["freeze"]["strategy"] == a.strategy and data["freeze"]["bn"] is True
     assert ("unfreeze_from" in data["freeze"]) == (a.strategy == "partial")
-    assert set(data["train"]) == {"backbone_lr_mult", "lr", "epochs"}
+    assert set(data["train"]) == {"backbone_lr_mult", "lr", "epochs"} | {f.key.split(".")[1] for f in a.findings}
     assert data["cache"] == {"enabled": a.cache}
     if not a.pretrained:
         assert data["model"] == {"weights": None, "backbone_weights": None}
@@ -104,3 +105,23 @@ def test_advice_is_immutable():
     with pytest.raises(AttributeError):
         advise(300, "high").strategy = "full"  # type: ignore[misc]
     assert isinstance(advise(300, "high"), Advice)
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_measured_settings_are_valid_config_and_quoted(task):
+    """Each measured setting is a real config key with a value the config accepts, in the snippet with its figures."""
+    a = advise(300, "low", task=task)
+    assert a.findings == MEASURED[task]
+    for finding in a.findings:
+        block, key = finding.key.split(".", 1)
+        cfg = from_dict(Config, {block: {key: finding.value}})
+        assert getattr(getattr(cfg, block), key) == finding.value
+        assert yaml.safe_load(a.snippet())[block][key] == finding.value
+        assert f"#   {finding.key}: " in a.snippet() and finding.evidence in a.snippet()
+
+
+def test_segmentation_quotes_its_cross_validated_table():
+    keys = {f.key for f in advise(300, "low").findings}
+    assert {"train.class_weights", "train.precise_bn"} <= keys
+    with pytest.raises(ConfigError, match="did you mean 'detection'"):
+        advise(300, "low", task="detektion")
