@@ -107,6 +107,8 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--data", default=str(REPO.parent / "shared" / "data" / "CamVid"))
     p.add_argument("--torch-home", default=None, help="TORCH_HOME for the stand-ins (default: temporary)")
     p.add_argument("--out", default=None, help="folder for table.md and results.json (default: temporary)")
+    p.add_argument("--profile", action="store_true", help="after each case's rounds, one epoch per side under "
+                   "torch.profiler: the ops whose self CPU time differs most between the sides")
     args = p.parse_args(argv)
     for key, allowed in (("modes", MODES), ("variants", VARIANTS), ("variant_modes", MODES)):
         bad = [v for v in getattr(args, key).split(",") if v not in allowed]
@@ -437,12 +439,36 @@ def run_case(args: argparse.Namespace, mode: str, variant: str, stems: list[str]
               flush=True)
     result["rounds"] = runs
     result["rss_reset"] = rss_reset
+    if args.profile:
+        result["profile"] = profile_sides(sides)
     result["images_per_epoch"], result["iters"] = images, args.iters
     del sides, engine, reference
     if "compile" in variant:
         torch._dynamo.reset()
     gc.collect()
     return result
+
+
+def profile_sides(sides: dict[str, Any], top: int = 12) -> dict[str, Any]:
+    """One more epoch per side under torch.profiler: each op's self CPU ms per side, and the ops whose time
+    differs most between the sides (where a gap between them lives)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    ms: dict[str, dict[str, float]] = {}
+    for name, side in sides.items():
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            side.epoch()
+        ms[name] = {e.key: e.self_cpu_time_total / 1000 for e in prof.key_averages()}
+    ops = set(ms["engine"]) | set(ms["reference"])
+    diff = sorted(ops, key=lambda k: -abs(ms["engine"].get(k, 0.0) - ms["reference"].get(k, 0.0)))[:top]
+    totals = {k: sum(v.values()) for k, v in ms.items()}
+    print(f"   profile (self CPU ms per epoch): engine {totals['engine']:.0f}, reference {totals['reference']:.0f}; "
+          "largest differences:", flush=True)
+    for k in diff:
+        e, r = ms["engine"].get(k, 0.0), ms["reference"].get(k, 0.0)
+        print(f"     {k:<48} engine {e:8.1f}  reference {r:8.1f}  diff {e - r:+8.1f}", flush=True)
+    return {"total_ms": totals, "largest_differences": [[k, ms["engine"].get(k, 0.0), ms["reference"].get(k, 0.0)]
+                                                        for k in diff]}
 
 
 # ------------------------------------------------------------------------------------- report

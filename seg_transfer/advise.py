@@ -55,6 +55,16 @@ MEASURED: dict[str, tuple[Measured, ...]] = {
     "classification": (),
     "detection": (),
 }
+# task -> what its table showed as a whole, quoted under the settings
+MEASURED_SUMMARY: dict[str, str] = {
+    "segmentation": "the changed CamVid recipe beat the plain torchvision-references loop on both means (mIoU 20.5 "
+                    "vs 14.4, pixel accuracy 60.7 vs 48.8, ahead in 5 of 6 pairs); one held-out sequence alone "
+                    "ranked the recipes almost arbitrarily",
+    "classification": "ants/bees, 5 stratified folds: the shipped recipe and the PyTorch tutorial's loop tie "
+                      "(-1.2 accuracy points, 95% CI -8.1..+5.6); no setting changed",
+    "detection": "BCCD, 3 folds, a 36-step schedule from stand-in weights: both recipes stayed at the untrained "
+                 "level (AP 0.5%), so the table decides nothing; no setting changed",
+}
 
 
 @dataclass(frozen=True)
@@ -104,10 +114,10 @@ class Advice:
                  "weights offline to measure it with)"]
         for strategy, (miou, seconds) in self.measured.items():
             lines.append(f"# measured here: {strategy}: mIoU {miou:.4f} in {seconds:.0f} s")
-        if self.findings:
-            lines.append(f"# measured by this project for {self.task} (benchmarks/RESULTS.md, \"Recipe defaults by "
-                         "cross-validation\"):")
-            lines += [f"#   {f.key}: {f.value if f.value is not None else 'null'} -- {f.evidence}" for f in self.findings]
+        lines.append(f"# measured by this project for {self.task} (benchmarks/RESULTS.md, \"Recipe defaults by "
+                     "cross-validation\"; stand-in weights):")
+        lines += [f"#   {f.key}: {f.value if f.value is not None else 'null'} -- {f.evidence}" for f in self.findings]
+        lines.append(f"#   {MEASURED_SUMMARY[self.task]}")
         return "\n".join(lines) + "\n" + yaml.safe_dump(self.config(), sort_keys=False, default_flow_style=False)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from seg_transfer.advise import MEASURED, SMALL_BELOW, TASKS, VERY_LARGE_FROM, Advice, advise, size_class
+from seg_transfer.advise import MEASURED, MEASURED_SUMMARY, SMALL_BELOW, TASKS, VERY_LARGE_FROM, Advice, advise, size_class
 from seg_transfer.config import Config, from_dict
 from seg_transfer.errors import ConfigError
 from seg_transfer.transfer import STRATEGIES
@@ -118,6 +118,7 @@ def test_measured_settings_are_valid_config_and_quoted(task):
         assert getattr(getattr(cfg, block), key) == finding.value
         assert yaml.safe_load(a.snippet())[block][key] == finding.value
         assert f"#   {finding.key}: " in a.snippet() and finding.evidence in a.snippet()
+    assert MEASURED_SUMMARY[task] in a.snippet()  # every task says what its table showed, settings or not
 
 
 def test_segmentation_quotes_its_cross_validated_table():
