@@ -141,6 +141,15 @@ def build_model(cfg: Config, num_classes: int) -> tuple[nn.Module, Any]:
     return model, weights
 
 
+def end_epoch(epochs: list[dict[str, Any]], total: int, losses: list[float], start: float, progress: bool) -> None:
+    """Record the epoch just trained (mean loss, seconds) in ``epochs`` and, with ``progress``, print it."""
+    epochs.append({"epoch": len(epochs) + 1, "train_loss": statistics.fmean(losses) if losses else float("nan"),
+                   "seconds": time.perf_counter() - start})
+    if progress:
+        print(f"   plain epoch {len(epochs)}/{total}: loss {epochs[-1]['train_loss']:.4f} "
+              f"{epochs[-1]['seconds']:.1f}s", flush=True)
+
+
 # ------------------------------------------------------------------------------------------ one run
 def train_and_score(cfg: Config, run_dir: Path, progress: bool = False) -> Outcome:
     """One fold: train the plain way, score the val split; writes val_metrics_last.json and plain.json."""
@@ -168,7 +177,7 @@ def train_and_score(cfg: Config, run_dir: Path, progress: bool = False) -> Outco
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda it: max(0.0, 1 - it / total) ** POLY_POWER)
     amp, dtype = autocast_settings(device, t.amp)
     scaler = grad_scaler(device, t.amp)
-    epochs = []
+    epochs: list[dict[str, Any]] = []
     for epoch in range(t.epochs):
         model.train()
         start, losses = time.perf_counter(), []
@@ -185,11 +194,7 @@ def train_and_score(cfg: Config, run_dir: Path, progress: bool = False) -> Outco
             scaler.update()
             sched.step()
             losses.append(loss.item())
-        epochs.append({"epoch": epoch + 1, "train_loss": statistics.fmean(losses) if losses else float("nan"),
-                       "seconds": time.perf_counter() - start})
-        if progress:
-            print(f"   plain epoch {epoch + 1}/{t.epochs}: loss {epochs[-1]['train_loss']:.4f} "
-                  f"{epochs[-1]['seconds']:.1f}s", flush=True)
+        end_epoch(epochs, t.epochs, losses, start, progress)
     matrix = ConfusionMatrix(len(classes), ignore)
     val = Items(splits.val, ValTransform(base or None, crop, mean, std, ignore))
     model.eval()
@@ -262,7 +267,7 @@ def train_and_score_classification(cfg: Config, run_dir: Path, progress: bool = 
     model.to(device)
     opt = torch.optim.SGD(model.parameters(), lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=7, gamma=0.1)
-    epochs = []
+    epochs: list[dict[str, Any]] = []
     for epoch in range(t.epochs):
         model.train()
         start, losses = time.perf_counter(), []
@@ -273,9 +278,7 @@ def train_and_score_classification(cfg: Config, run_dir: Path, progress: bool = 
             opt.step()
             losses.append(loss.item())
         sched.step()
-        epochs.append({"epoch": epoch + 1, "train_loss": statistics.fmean(losses), "seconds": time.perf_counter() - start})
-        if progress:
-            print(f"   plain epoch {epoch + 1}/{t.epochs}: loss {epochs[-1]['train_loss']:.4f}", flush=True)
+        end_epoch(epochs, t.epochs, losses, start, progress)
     meter = ClassificationMeter(len(classes), min(5, len(classes)))
     val = torch.utils.data.DataLoader(Items(splits.val, ClassVal(preset)), batch_size=t.val_batch_size)
     model.eval()
@@ -324,7 +327,7 @@ def train_and_score_detection(cfg: Config, run_dir: Path, progress: bool = False
     opt = torch.optim.SGD(params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
     milestones = sorted({round(t.epochs * 16 / 26), round(t.epochs * 22 / 26)} - {0})
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=milestones, gamma=0.1)
-    epochs = []
+    epochs: list[dict[str, Any]] = []
     for epoch in range(t.epochs):
         model.train()
         warm = min(1000, len(loader) - 1) if epoch == 0 else 0
@@ -340,9 +343,7 @@ def train_and_score_detection(cfg: Config, run_dir: Path, progress: bool = False
                 warmup.step()
             losses.append(loss.item())
         sched.step()
-        epochs.append({"epoch": epoch + 1, "train_loss": statistics.fmean(losses), "seconds": time.perf_counter() - start})
-        if progress:
-            print(f"   plain epoch {epoch + 1}/{t.epochs}: loss {epochs[-1]['train_loss']:.4f}", flush=True)
+        end_epoch(epochs, t.epochs, losses, start, progress)
     meter = CocoMeter(len(classes))
     val = torch.utils.data.DataLoader(Items(splits.val, to_tensors), batch_size=t.val_batch_size,
                                       collate_fn=detection_collate)
