@@ -39,7 +39,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Any, Optional, cast
+from typing import Any, Iterator, Optional, cast
 
 import numpy as np
 import torch
@@ -56,6 +56,7 @@ from seg_transfer.engine.compare import compare_summaries  # noqa: E402
 from seg_transfer.engine.cv import CrossValidation, Outcome, format_summary, jsonable, plan_folds, pool_of, run_schedule  # noqa: E402
 from seg_transfer.engine.metrics import ConfusionMatrix  # noqa: E402
 from seg_transfer.engine.optim import autocast_settings, grad_scaler  # noqa: E402
+from seg_transfer.engine.trainer import limit_train  # noqa: E402
 from seg_transfer.errors import ConfigError, SegTransferError  # noqa: E402
 from seg_transfer.io import resolve_device, save_text  # noqa: E402
 from seg_transfer.models.build import task_of  # noqa: E402
@@ -141,10 +142,25 @@ def build_model(cfg: Config, num_classes: int) -> tuple[nn.Module, Any]:
     return model, weights
 
 
-def end_epoch(epochs: list[dict[str, Any]], total: int, losses: list[float], start: float, progress: bool) -> None:
-    """Record the epoch just trained (mean loss, seconds) in ``epochs`` and, with ``progress``, print it."""
+def waited(loader: Any, wait: list[float]) -> Iterator[Any]:
+    """``loader``'s batches; ``wait[0]`` adds up the seconds spent waiting for them (the engine's data time)."""
+    it = iter(loader)
+    while True:
+        start = time.perf_counter()
+        try:
+            batch = next(it)
+        except StopIteration:
+            return
+        wait[0] += time.perf_counter() - start
+        yield batch
+
+
+def end_epoch(epochs: list[dict[str, Any]], total: int, losses: list[float], start: float, progress: bool,
+              data_seconds: float = 0.0) -> None:
+    """Record the epoch just trained (mean loss, seconds, seconds waiting for data) in ``epochs`` and, with
+    ``progress``, print it."""
     epochs.append({"epoch": len(epochs) + 1, "train_loss": statistics.fmean(losses) if losses else float("nan"),
-                   "seconds": time.perf_counter() - start})
+                   "seconds": time.perf_counter() - start, "data_seconds": data_seconds})
     if progress:
         print(f"   plain epoch {len(epochs)}/{total}: loss {epochs[-1]['train_loss']:.4f} "
               f"{epochs[-1]['seconds']:.1f}s", flush=True)
@@ -158,7 +174,7 @@ def train_and_score(cfg: Config, run_dir: Path, progress: bool = False) -> Outco
     np.random.seed(t.seed)
     torch.manual_seed(t.seed)
     device = resolve_device(None if t.device == "auto" else t.device)
-    splits = build_dataset(cfg.data)
+    splits = limit_train(build_dataset(cfg.data), cfg.train.limit_train)  # as the engine keeps them
     ignore, classes = splits.ignore_index, list(splits.classes)
     model, weights = build_model(cfg, len(classes))
     preset = weights.transforms()
@@ -168,7 +184,8 @@ def train_and_score(cfg: Config, run_dir: Path, progress: bool = False) -> Outco
     mean, std = list(preset.mean), list(preset.std)
     crop = cfg.augment.crop_size
     train = Items(splits.train, TrainTransform(base or None, crop, mean, std, ignore))
-    loader = torch.utils.data.DataLoader(train, batch_size=t.batch_size, shuffle=True, num_workers=t.workers,
+    loader = torch.utils.data.DataLoader(train, batch_size=t.batch_size, shuffle=True, num_workers=t.workers or 0,
+                                         pin_memory=device.type == "cuda",  # as torchvision's references
                                          drop_last=len(train) > t.batch_size,
                                          generator=torch.Generator().manual_seed(t.seed))
     model.to(device)
@@ -180,8 +197,8 @@ def train_and_score(cfg: Config, run_dir: Path, progress: bool = False) -> Outco
     epochs: list[dict[str, Any]] = []
     for epoch in range(t.epochs):
         model.train()
-        start, losses = time.perf_counter(), []
-        for image, mask in loader:
+        start, losses, wait = time.perf_counter(), [], [0.0]
+        for image, mask in waited(loader, wait):
             image, mask = image.to(device), mask.to(device)
             with torch.autocast(device.type, dtype=dtype, enabled=amp):
                 out = model(image)
@@ -194,7 +211,7 @@ def train_and_score(cfg: Config, run_dir: Path, progress: bool = False) -> Outco
             scaler.update()
             sched.step()
             losses.append(loss.item())
-        end_epoch(epochs, t.epochs, losses, start, progress)
+        end_epoch(epochs, t.epochs, losses, start, progress, wait[0])
     matrix = ConfusionMatrix(len(classes), ignore)
     val = Items(splits.val, ValTransform(base or None, crop, mean, std, ignore))
     model.eval()
@@ -252,7 +269,7 @@ def train_and_score_classification(cfg: Config, run_dir: Path, progress: bool = 
     t = cfg.train
     _seed_all(t.seed)
     device = resolve_device(None if t.device == "auto" else t.device)
-    splits = build_dataset(cfg.data)
+    splits = limit_train(build_dataset(cfg.data), cfg.train.limit_train)  # as the engine keeps them
     classes = list(splits.classes)
     weights = _weights(cfg)
     model = torchvision.models.get_model(cfg.model.name, weights=weights)
@@ -262,7 +279,8 @@ def train_and_score_classification(cfg: Config, run_dir: Path, progress: bool = 
     preset = (weights or torchvision.models.get_model_weights(cfg.model.name).DEFAULT).transforms()
     crop = preset.crop_size[0] if isinstance(preset.crop_size, (list, tuple)) else preset.crop_size
     train = Items(splits.train, ClassTrain(crop, list(preset.mean), list(preset.std)))
-    loader = torch.utils.data.DataLoader(train, batch_size=t.batch_size, shuffle=True, num_workers=t.workers,
+    loader = torch.utils.data.DataLoader(train, batch_size=t.batch_size, shuffle=True, num_workers=t.workers or 0,
+                                         pin_memory=device.type == "cuda",  # as torchvision's references
                                          generator=torch.Generator().manual_seed(t.seed))
     model.to(device)
     opt = torch.optim.SGD(model.parameters(), lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
@@ -270,15 +288,15 @@ def train_and_score_classification(cfg: Config, run_dir: Path, progress: bool = 
     epochs: list[dict[str, Any]] = []
     for epoch in range(t.epochs):
         model.train()
-        start, losses = time.perf_counter(), []
-        for image, label in loader:
+        start, losses, wait = time.perf_counter(), [], [0.0]
+        for image, label in waited(loader, wait):
             loss = F.cross_entropy(model(image.to(device)), label.to(device))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             losses.append(loss.item())
         sched.step()
-        end_epoch(epochs, t.epochs, losses, start, progress)
+        end_epoch(epochs, t.epochs, losses, start, progress, wait[0])
     meter = ClassificationMeter(len(classes), min(5, len(classes)))
     val = torch.utils.data.DataLoader(Items(splits.val, ClassVal(preset)), batch_size=t.val_batch_size)
     model.eval()
@@ -298,7 +316,7 @@ def train_and_score_detection(cfg: Config, run_dir: Path, progress: bool = False
     t = cfg.train
     _seed_all(t.seed)
     device = resolve_device(None if t.device == "auto" else t.device)
-    splits = build_dataset(cfg.data)
+    splits = limit_train(build_dataset(cfg.data), cfg.train.limit_train)  # as the engine keeps them
     classes = list(splits.classes)  # __background__ first, as torchvision's detectors
     model = torchvision.models.get_model(cfg.model.name, weights=_weights(cfg))
     if not hasattr(model, "roi_heads"):
@@ -320,7 +338,7 @@ def train_and_score_detection(cfg: Config, run_dir: Path, progress: bool = False
         return img, tgt
 
     loader = torch.utils.data.DataLoader(Items(splits.train, flip), batch_size=t.batch_size, shuffle=True,
-                                         num_workers=t.workers, collate_fn=detection_collate,
+                                         num_workers=t.workers or 0, collate_fn=detection_collate,
                                          generator=torch.Generator().manual_seed(t.seed))
     model.to(device)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -332,8 +350,8 @@ def train_and_score_detection(cfg: Config, run_dir: Path, progress: bool = False
         model.train()
         warm = min(1000, len(loader) - 1) if epoch == 0 else 0
         warmup = torch.optim.lr_scheduler.LinearLR(opt, start_factor=0.001, total_iters=warm) if warm else None
-        start, losses = time.perf_counter(), []
-        for images, targets in loader:
+        start, losses, wait = time.perf_counter(), [], [0.0]
+        for images, targets in waited(loader, wait):
             loss_dict = model([i.to(device) for i in images], [{k: v.to(device) for k, v in tg.items()} for tg in targets])
             loss = sum(loss_dict.values())
             opt.zero_grad(set_to_none=True)
@@ -343,7 +361,7 @@ def train_and_score_detection(cfg: Config, run_dir: Path, progress: bool = False
                 warmup.step()
             losses.append(loss.item())
         sched.step()
-        end_epoch(epochs, t.epochs, losses, start, progress)
+        end_epoch(epochs, t.epochs, losses, start, progress, wait[0])
     meter = CocoMeter(len(classes))
     val = torch.utils.data.DataLoader(Items(splits.val, to_tensors), batch_size=t.val_batch_size,
                                       collate_fn=detection_collate)

@@ -242,7 +242,7 @@ class EngineSide:
         """One pass of the engine's train DataLoader alone, built as ``train_epoch`` builds it."""
         t, tr = self.trainer.cfg.train, self.trainer
         loader = D.make_loader(tr.train_set, t.batch_size, shuffle=True, seed=t.seed, epoch=self.loader_index,
-                               workers=t.workers, collate_fn=tr.collate, drop_last=len(tr.train_set) > t.batch_size)
+                               workers=tr.workers, collate_fn=tr.collate, drop_last=len(tr.train_set) > t.batch_size)
         self.loader_index += 1
         return sum(len(targets) for _, targets in loader)
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional, Sequence
@@ -110,7 +111,22 @@ def _unique_stem(path: Path, used: set[str]) -> str:
     return stem
 
 
+# A model file among infer's inputs: what it is, and the flag that takes it.
+_MODEL_FILES = {".pt": ("a checkpoint", "--checkpoint"), ".pth": ("a checkpoint", "--checkpoint"),
+                ".onnx": ("an exported model", "--model-file"), ".torchscript": ("an exported model", "--model-file")}
+
+
+def _refuse_model_inputs(inputs: Sequence[str]) -> None:
+    """``infer runs/x/best.pt dog.jpg`` fails before anything runs, naming the flag meant: going on would
+    skip the file and predict the photos with the default model."""
+    for word in inputs:
+        what = _MODEL_FILES.get(Path(word).suffix.lower())
+        if what:
+            raise SegTransferError(f"{word} is {what[0]}, not an image: did you mean {what[1]} {word}?")
+
+
 def cmd_infer(args: argparse.Namespace) -> int:
+    _refuse_model_inputs(args.inputs)
     from tqdm import tqdm
 
     from .io import list_images
@@ -123,6 +139,8 @@ def cmd_infer(args: argparse.Namespace) -> int:
         raise SegTransferError("no input images: give files or folders, or --sample")
     for e in errors:
         _err(e)
+    if not inputs:  # every input failed: nothing to run a model on (and no weights to fetch for it)
+        raise SegTransferError(f"no usable input image ({len(errors)} input(s) failed, listed above)")
     predictor = _predictor(args)
     options = _predict_options(args, predictor)
     out = Path(args.out)
@@ -143,9 +161,18 @@ def cmd_infer(args: argparse.Namespace) -> int:
             # classification writes files only with --json: then the printed top-k is the output
             bar.write(f"{path}: {result.describe()}" + (f" -> {', '.join(f.name for f in files)}" if files else ""))
     ok = len(inputs) - (failed - len(errors))
-    print(f"wrote {written} files for {ok} image(s) to {out}/" + (f"; {failed} input(s) failed" if failed else ""),
+    print(_infer_summary(written, ok, out, predictor.task, args.quiet) + (f"; {failed} input(s) failed" if failed else ""),
           file=sys.stderr)
     return 1 if failed else 0
+
+
+def _infer_summary(written: int, ok: int, out: Path, task: str, quiet: bool) -> str:
+    """infer's closing line: the files written, or for a classifier without --json, where its result went."""
+    if written or task != "classification" or not ok:
+        return f"wrote {written} files for {ok} image(s) to {out}/"
+    shown = "-q printed no top-k and no files were written" if quiet else \
+        "the top-k is printed above, no files written"
+    return f"classified {ok} image(s): {shown} (--json writes <stem>.json to {out}/)"
 
 
 # ------------------------------------------------------------------------------------------- export
@@ -186,7 +213,7 @@ def _add_export(sub: Any) -> None:
                      "(default: dynamic batch, height and width)")
     exp.add_argument("--resize", type=int, help="shorter side the exported preprocessing resizes to")
     exp.add_argument("--no-check", action="store_true", help="skip running the file once against eager PyTorch")
-    exp.add_argument("-q", "--quiet", action="store_true")
+    exp.add_argument("-q", "--quiet", action="store_true", help="no 'exporting ...' line")
     exp.set_defaults(func=cmd_export, device="cpu", model_file=None, backend=None, fast=False, tile=None,
                      overlap=128, tta=None)
 
@@ -204,28 +231,43 @@ def _load_run_config(args: argparse.Namespace):
     return load_config(path, args.overrides)
 
 
-def _check_data(cfg, quiet: bool = False, progress: bool = True) -> int:
-    """Scan the whole dataset (a progress bar once it takes 2 s); print every problem; the number of errors."""
-    from .data.checks import check_dataset
+def _check_data(cfg, quiet: bool = False, progress: bool = True, whole: bool = False) -> int:
+    """Scan the whole dataset (a progress bar once it takes 2 s); print every problem; the number of errors.
+    ``whole`` (``--check-data``): also resolve the rest of the config as the run would, without weights,
+    and end with what was scanned."""
+    from .data.checks import scan_dataset
     from .models.build import is_binary
 
     # checked as a binary model reads its masks (0/255 are fine there)
     binary = bool(cfg.model.binary or cfg.model.num_classes == 1) and is_binary(cfg.model)
-    problems = check_dataset(cfg.data, progress=progress, binary=binary)
-    errors = [p for p in problems if getattr(p, "severity", "error") == "error"]
+    scan = scan_dataset(cfg.data, progress=progress, binary=binary)
+    problems = [(getattr(p, "severity", "error"), str(p)) for p in scan.problems]
+    notes: list[str] = []
+    if whole and scan.data is not None:
+        from .engine.preflight import preflight
+
+        problems += [("error", line) for line in preflight(cfg, scan.data, note=notes.append)]
+    errors = sum(severity == "error" for severity, _ in problems)
     if _rank() not in (None, "0"):  # under torchrun every rank scans; one prints
-        return len(errors)
-    for p in problems:
-        print(f"{getattr(p, 'severity', 'error')}: {p}", file=sys.stderr)
+        return errors
+    for severity, line in problems:
+        print(f"{severity}: {line}", file=sys.stderr)
+    for line in notes:
+        print(f"note: {line}", file=sys.stderr)
     if not quiet or problems:
-        print(f"data check: {len(errors)} error(s), {len(problems) - len(errors)} warning(s)", file=sys.stderr)
-    return len(errors)
+        print(f"data check: {errors} error(s), {len(problems) - errors} warning(s)"
+              + (f"; {scan.summary()}" if scan.splits else "")
+              + ("; the config's model, freezing, optimizer and device checked without loading weights"
+                 if whole and scan.data is not None else ""), file=sys.stderr)
+    return errors
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
+    if args.limit_train is not None:  # as a config key, the run folder's config.yaml keeps it for reruns and --resume
+        args.overrides = [*args.overrides, f"train.limit_train={args.limit_train}"]
     cfg = _load_run_config(args)
     if args.check_data:
-        return 1 if _check_data(cfg, progress=not args.quiet) else 0
+        return 1 if _check_data(cfg, progress=not args.quiet, whole=True) else 0
     if _check_data(cfg, quiet=True, progress=not args.quiet):
         raise SegTransferError("the dataset has problems (listed above); fix them, or run with --check-data "
                                "to list them again")
@@ -245,17 +287,31 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .engine.evaluate import evaluate_checkpoint
+    from dataclasses import replace
+
+    from .config import parse_override
+    from .engine.evaluate import evaluate_checkpoint, run_data
 
     cfg = _load_run_config(args)
     from .models.tta import TTA
 
+    tta = TTA.parse(args.tta)
+    # A checkpoint in a run folder is scored on that run's val split (its list files, its split options),
+    # unless data overrides or --config-split say which images to score.
+    overridden = any(parse_override(o)[0][0] == "data" for o in args.overrides)
+    saved = None if overridden or args.config_split else run_data(args.checkpoint)
+    if saved is not None:
+        cfg = replace(cfg, data=saved[0])
+    source = str(saved[1]) if saved is not None else args.config
     report = evaluate_checkpoint(cfg, args.checkpoint, out_dir=args.out, device=args.device,
-                                 progress=not args.quiet, command=_command(args), tta=TTA.parse(args.tta))
+                                 progress=not args.quiet, command=_command(args), tta=tta, data_from=source)
     first, *rest = report["summary"]
     print(f"{first}  ({report['images']} images" + (f", TTA {report['tta']})" if report['tta'] else ")"))
     for line in rest:
         print(line)
+    whose = "the run's" if saved is not None else "the config's"
+    print(f"scored {whose} val split ({report['images']} images, from {source}"
+          f"{', with data overrides' if overridden else ''})")
     print(f"report: {report['out_dir']}/ ({', '.join(report['files'])})")
     return 0
 
@@ -283,14 +339,21 @@ def _cv_status(*summaries: dict) -> int:
     return 0 if not failed else 2 if not done else 1
 
 
+def _cv_logs(quiet: bool) -> dict[str, Any]:
+    """cv's and compare's ``log``: every line; with -q only one line per finished run (flushed: they come
+    minutes apart, also into a log file)."""
+    if not quiet:
+        return {"log": print}
+    return {"log": lambda _m: None, "finished": lambda line: print(line, flush=True)}
+
+
 def cmd_cv(args: argparse.Namespace) -> int:
     from .engine.cv import format_summary, run_cv
 
     (cfg,) = _cv_configs([args.config], args.overrides, args.quiet)
     out = args.out or Path(cfg.output.dir) / f"cv_{Path(args.config).stem}"
     summary = run_cv(cfg, folds=args.folds, seeds=args.seeds, out=out, limit_train=args.limit_train,
-                     progress=not args.quiet, log=(lambda _m: None) if args.quiet else print,
-                     source=args.config, overrides=args.overrides)
+                     progress=not args.quiet, source=args.config, overrides=args.overrides, **_cv_logs(args.quiet))
     print("\n" + format_summary(summary))
     print(f"summary: {out}/ (cv_summary.json, cv_summary.csv, cv.png)")
     return _cv_status(summary)
@@ -304,8 +367,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     cfg_a, cfg_b = _cv_configs([a, b], args.overrides, args.quiet)
     out = args.out or Path(cfg_a.output.dir) / f"compare_{Path(a).stem}_vs_{Path(b).stem}"
     result = run_compare(cfg_a, cfg_b, folds=args.folds, seeds=args.seeds, out=out, limit_train=args.limit_train,
-                         progress=not args.quiet, log=(lambda _m: None) if args.quiet else print, sources=(a, b),
-                         overrides=args.overrides)
+                         progress=not args.quiet, sources=(a, b), overrides=args.overrides, **_cv_logs(args.quiet))
     for summary in result["summaries"]:
         print("\n" + format_summary(summary))
     print(f"\nA = {a}, B = {b}: {result['verdict']}")
@@ -466,6 +528,8 @@ def _add_infer(sub: Any) -> None:
     src.add_argument("--model", default="fcn_resnet50", help="zoo model name (default: fcn_resnet50)")
     src.add_argument("--checkpoint", help="a seg_transfer checkpoint (.pt) from fine-tuning")
     src.add_argument("--config", help="a YAML file whose model: block describes the model")
+    src.add_argument("--model-file", help="a model written by `seg-transfer export` (.onnx, .torchscript): "
+                     "classes and preprocessing are inside")
     inf.add_argument("--weights", help="weights spec for --model: DEFAULT, an enum member, a .pth file or none")
     inf.add_argument("--backbone-weights", help="backbone weights spec, used when --weights is none "
                      "(zoo) or always (assembled models)")
@@ -485,8 +549,6 @@ def _add_infer(sub: Any) -> None:
     inf.add_argument("--resize", type=int, help="shorter side fed to the model (default: the weights' own)")
     inf.add_argument("-q", "--quiet", action="store_true", help="no per-image lines or progress bar")
     dep = inf.add_argument_group("deployment and speed")
-    src.add_argument("--model-file", help="a model written by `seg-transfer export` (.onnx, .torchscript): "
-                     "classes and preprocessing are inside")
     dep.add_argument("--backend", choices=("torch", "onnxruntime", "openvino"),
                      help="what runs the model (default: torch; an .onnx --model-file: onnxruntime); "
                      "onnxruntime/openvino export the model to ONNX first")
@@ -504,25 +566,34 @@ def _add_finetune_evaluate(sub: Any) -> None:
                          description="Fine-tune with the transfer strategy the config names. Overrides: "
                                      "key.path=value, e.g. train.epochs=3 data.root=/data/camvid")
     fin.add_argument("config", nargs="?", help="YAML config (optional with --resume)")
-    fin.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
+    fin.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, after the CONFIG file "
+                     "(before or after the options), e.g. train.epochs=3")
     fin.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last.pt")
     fin.add_argument("--run-dir", type=Path, help="run folder (default: output.dir/output.name)")
     fin.add_argument("--check-data", action="store_true", help="scan the dataset, report every problem, exit")
+    fin.add_argument("--limit-train", type=int, metavar="N", help="train on N items of the train split (a fixed "
+                     "random subset: a quick trial; val untouched); the same as train.limit_train=N")
     fin.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     fin.set_defaults(func=cmd_finetune)
 
     ev = sub.add_parser("evaluate", help="score a checkpoint on a config's val split (or any folder)",
                         description="The task's metrics (mIoU and per-class IoU, COCO AP, accuracy and F1) "
-                                    "and plots. Point the data elsewhere with overrides, e.g. "
-                                    "data.images=test data.masks=testannot data.split=all")
-    ev.add_argument("config", help="YAML config whose data: block describes the images")
-    ev.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
+                                    "and plots. A checkpoint in a run folder is scored on the run's own val "
+                                    "split (the data: block of its config.yaml). Point the data elsewhere "
+                                    "with overrides, e.g. data.images=test data.masks=testannot data.split=all")
+    ev.add_argument("config", help="YAML config whose data: block describes the images (for a run's checkpoint: "
+                    "the run's saved data: block, unless data overrides or --config-split)")
+    ev.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, after the CONFIG file "
+                    "(before or after the options), e.g. data.split=all")
     ev.add_argument("--checkpoint", required=True, help="a seg_transfer checkpoint (best.pt)")
     ev.add_argument("--out", help="report folder (default: <checkpoint folder>/eval)")
-    ev.add_argument("--device", default="cpu")
+    ev.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
     ev.add_argument("--tta", metavar="SPEC", help="score with test-time augmentation: flip, scales=0.75,1,1.25 "
                     "or both (flip,scales=...), to see what it buys before deploying it")
-    ev.add_argument("-q", "--quiet", action="store_true")
+    ev.add_argument("--config-split", action="store_true", help="score CONFIG's val split even when the "
+                    "checkpoint's run folder saved its own (by default a run's checkpoint is scored on the run's "
+                    "val split, unless data overrides are given)")
+    ev.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     ev.set_defaults(func=cmd_evaluate)
 
 
@@ -552,7 +623,7 @@ def _add_cv(sub: Any) -> None:
     cmp = sub.add_parser("compare", help="two recipes on the same folds and seeds: is B really better than A?",
                          description="Cross-validate two configs on the same folds and seeds and compare the "
                                      "task's main metric (mIoU, AP or accuracy) fold by fold: paired "
-                                     "differences, a 95%% confidence interval (paired t) and a verdict, "
+                                     "differences, a 95% confidence interval (paired t) and a verdict, "
                                      "written to DIR/compare.json.")
     cmp.add_argument("configs", nargs=2, metavar="CONFIG", help="recipe A, then recipe B")
     common(cmp)
@@ -629,6 +700,50 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+# The sub-commands that take KEY=VALUE overrides: the argument names of their CONFIG file(s) and overrides.
+_OVERRIDES = {"finetune": ("config", "overrides"), "evaluate": ("config", "overrides"), "cv": ("config", "overrides"),
+              "compare": ("configs", "overrides"), "convert": ("source", "options")}
+
+
+def _is_override(word: str) -> bool:
+    """``key.path=value``; a path with '=' in it (``runs/a=b.yaml``) or an option is not."""
+    key, sep, _ = word.partition("=")
+    return bool(sep) and re.fullmatch(r"\w[\w.\-]*", key) is not None
+
+
+def _config_first(args: argparse.Namespace, configs: str, overrides: str) -> None:
+    """An override where a CONFIG file goes (``finetune train.epochs=1 cfg.yaml``) fails naming it, with the
+    order that works. ``finetune --resume DIR key=value`` has no CONFIG: _load_run_config takes it."""
+    given = getattr(args, configs)
+    given = [given] if isinstance(given, str) else list(given or ())
+    misplaced = next((w for w in given if _is_override(w) and not Path(w).is_file()), None)
+    if misplaced is None or getattr(args, "resume", None):
+        return
+    words = [*given, *getattr(args, overrides)]
+    files = [w for w in words if not _is_override(w)] or ["CONFIG"]
+    raise SegTransferError(f"{misplaced} is a KEY=VALUE override, not a CONFIG file: the CONFIG file comes first, "
+                           f"then the overrides (seg-transfer {args.command} "
+                           f"{' '.join(files + [w for w in words if _is_override(w)])})")
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    """The command line as a Namespace; KEY=VALUE overrides may come anywhere, before or after options.
+
+    argparse fills a positional list from one run of positionals only: overrides after an option come back
+    as unknown arguments, and join the others here, in order. Anything else unknown stays an error.
+    """
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    names = _OVERRIDES.get(args.command)
+    late = [w for w in unknown if names and _is_override(w)]
+    if len(late) < len(unknown):
+        parser.error(f"unrecognized arguments: {' '.join(w for w in unknown if not (names and _is_override(w)))}")
+    if names:
+        setattr(args, names[1], [*getattr(args, names[1]), *late])
+        _config_first(args, *names)
+    return args
+
+
 def _note(message: Warning | str, category: type[Warning], filename: str, lineno: int, line: Optional[str] = None) -> str:
     """Warnings as one line: seg_transfer's own read as notes, others keep their origin."""
     if "seg_transfer" in filename.replace(os.sep, "/").split("/"):
@@ -640,9 +755,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     import warnings
 
     warnings.formatwarning = _note
-    args = build_parser().parse_args(argv)
-    args.argv = list(argv) if argv is not None else sys.argv[1:]  # recorded by finetune/evaluate in the run folder
     try:
+        args = parse_args(argv)
+        args.argv = list(argv) if argv is not None else sys.argv[1:]  # recorded by finetune/evaluate in the run folder
         return args.func(args)
     except SegTransferError as err:
         _err(str(err))

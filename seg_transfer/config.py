@@ -107,9 +107,12 @@ def from_dict(cls: type[T], data: Union[T, Mapping[str, Any], None], where: str 
         path = f"{where}.{key}" if where else str(key)
         if key not in hints:
             raise unknown("key", path, [f"{where}.{n}" if where else n for n in names])
+        aliases = fields[key].metadata.get("aliases") or {}
+        if isinstance(value, (str, bool)) and (value.lower() if isinstance(value, str) else value) in aliases:
+            value = aliases[value.lower() if isinstance(value, str) else value]
         kwargs[key] = _check(value, hints[key], path)
         low = fields[key].metadata.get("min")
-        if low is not None and kwargs[key] < low:
+        if low is not None and kwargs[key] is not None and kwargs[key] < low:
             raise ConfigError(f"{path}: expected at least {low}, got {kwargs[key]!r}")
         choices = fields[key].metadata.get("choices")
         if choices and kwargs[key] is not None:
@@ -153,9 +156,25 @@ def load_model_config(path: str) -> ModelConfig:
 
 
 # ----------------------------------------------------------------------------------- training config
+# Each value set once, here in the torch-free layer; the code that acts on a value imports its set.
+OPTIMIZERS = ("sgd", "adamw")
+SCHEDULERS = ("poly", "cosine", "step", "none")
+# auto: bf16 on CUDA devices that support it, else fp16 with a grad scaler; off on the CPU (measured slower)
+AMP_MODES = ("auto", "off", "bf16", "fp16")
+# What YAML and overrides may also write for amp: YAML reads off/no/false as False, and fp32 means no AMP.
+AMP_ALIASES = {False: "off", "false": "off", "fp32": "off", "none": "off", "no": "off", True: "auto"}
+FREEZE_STRATEGIES = ("feature_extraction", "partial", "full")
+LR_SCALINGS = ("none", "linear", "sqrt")
+LOGGER_NAMES = ("csv", "tensorboard")
+# augment.backend: cpu = albumentations per image in the loader; device = the built-in recipe on whole
+# batches on the training device (data.device_augment); auto = device on CUDA for the built-in recipes
+AUGMENT_BACKENDS = ("auto", "cpu", "device")
+# cache.images: decode every image once and keep it as uint8 in RAM, or on the training device
+IMAGE_CACHES = ("none", "ram", "device")
 
-def _choice(default: Any, *choices: Any) -> Any:
-    return field(default=default, metadata={"choices": choices})
+
+def _choice(default: Any, *choices: Any, aliases: Optional[Mapping[Any, Any]] = None) -> Any:
+    return field(default=default, metadata={"choices": choices, "aliases": aliases or {}})
 
 
 def _at_least(default: int, low: int) -> Any:
@@ -169,13 +188,14 @@ class AugmentConfig:
     crop_size: int = 480
     train: Optional[list[dict[str, Any]]] = None
     val: Optional[list[dict[str, Any]]] = None
+    backend: str = _choice("auto", *AUGMENT_BACKENDS)
 
 
 @dataclass
 class FreezeConfig:
     """``freeze:``: which backbone stages train (stage names: stem, layer1..layer4)."""
 
-    strategy: str = _choice("full", "feature_extraction", "partial", "full")
+    strategy: str = _choice("full", *FREEZE_STRATEGIES)
     stages: Optional[int] = None
     unfreeze_from: Optional[str] = None
     bn: bool = True
@@ -190,12 +210,12 @@ class TrainConfig:
     epochs: int = 30
     batch_size: int = _at_least(8, 1)
     val_batch_size: int = 1
-    optimizer: str = _choice("sgd", "sgd", "adamw")
+    optimizer: str = _choice("sgd", *OPTIMIZERS)
     lr: float = 0.01
     momentum: float = 0.9
     weight_decay: float = 1e-4
     backbone_lr_mult: float = 1.0
-    scheduler: str = _choice("poly", "poly", "cosine", "step", "none")
+    scheduler: str = _choice("poly", *SCHEDULERS)
     warmup_epochs: float = 0.0
     step_epochs: int = 10
     gamma: float = 0.1
@@ -204,30 +224,38 @@ class TrainConfig:
     aux_weight: float = 0.5
     label_smoothing: float = 0.0  # classification cross-entropy
     threshold: float = 0.5  # binary segmentation: foreground where the sigmoid is >= this (val metrics, plots)
-    amp: str = _choice("auto", "auto", "off", "bf16", "fp16")
+    amp: str = _choice("auto", *AMP_MODES, aliases=AMP_ALIASES)
     grad_clip: Optional[float] = None
     accumulate: int = _at_least(1, 1)
     seed: int = 0
     deterministic: bool = False
     patience: Optional[int] = None
-    workers: int = 0
+    # DataLoader worker processes; None (auto): 0 on the CPU (the decoding shares its cores with the step),
+    # min(8, cores - 1) on CUDA
+    workers: Optional[int] = field(default=None, metadata={"min": 0})
+    compile: bool = False  # torch.compile the module each step runs (no default gain measured: RESULTS.md)
     device: str = "auto"
     init_from: Optional[str] = None
+    # a quick trial (--limit-train N): train on N items of the train split, a fixed random subset (the same
+    # for every train.seed, as cv's); val is untouched
+    limit_train: Optional[int] = field(default=None, metadata={"min": 1})
     precise_bn: int = _at_least(0, 0)  # before each evaluation, recompute BatchNorm statistics over this many train batches
     # NHWC convolutions; None: on for segmentation/classification on the CPU (measured faster), else off
     channels_last: Optional[bool] = None
     val_interval: int = _at_least(1, 1)  # evaluate every N epochs (and always after the last): screening runs skip the rest
     # torchrun: the learning rate for N processes is lr x N (linear), lr x sqrt(N) (sqrt) or lr (none)
-    lr_scaling: str = _choice("none", "none", "linear", "sqrt")
+    lr_scaling: str = _choice("none", *LR_SCALINGS)
     sync_bn: bool = False  # torchrun on CUDA: BatchNorm statistics over the global batch (SyncBatchNorm)
     # where per-step/per-epoch figures go: csv (metrics.csv), tensorboard (event files; extra [tensorboard])
-    loggers: list[str] = field(default_factory=lambda: ["csv"], metadata={"choices": ("csv", "tensorboard")})
+    loggers: list[str] = field(default_factory=lambda: ["csv"], metadata={"choices": LOGGER_NAMES})
 
 
 @dataclass
 class CacheConfig:
-    """``cache:``: train neck+head on stored backbone features when the backbone is wholly frozen."""
+    """``cache:``: decoded images kept in memory (``images``); neck+head trained on stored backbone features
+    when the backbone is wholly frozen (``enabled``); ``max_gb`` caps either."""
 
+    images: str = _choice("none", *IMAGE_CACHES)
     enabled: Optional[bool] = None
     copies: int = 1
     dtype: str = _choice("float32", "float32", "float16")
@@ -307,8 +335,33 @@ def load_config(path: str, overrides: Sequence[str] = ()) -> Config:
     return from_dict(Config, data)
 
 
+def is_local_spec(spec: Any) -> bool:
+    """A weights spec that names a file (``*.pth``, ``*.pt`` or a path with a separator), not a torchvision entry."""
+    return spec is not None and (isinstance(spec, os.PathLike)
+                                 or str(spec).endswith((".pth", ".pt")) or os.sep in str(spec))
+
+
+def absolute_paths(cfg: Config) -> Config:
+    """``cfg`` with every path it reads made absolute (from the working directory), so that it reruns from
+    any folder: ``data.root``, ``train.init_from``, and ``model.weights`` / ``model.backbone_weights`` when
+    they name files. Every data format reads its other paths (images, masks, list files, labelmap...)
+    relative to ``data.root``, so they follow it. ``output.dir`` stays as given: where a rerun writes is
+    the rerun's choice."""
+    def weights(spec: Optional[str]) -> Optional[str]:
+        if spec is None or not is_local_spec(spec):
+            return spec
+        return os.path.abspath(os.path.expanduser(spec))  # ~ expanded, as weights.resolve reads it
+
+    root, init = cfg.data.get("root"), cfg.train.init_from
+    return dataclasses.replace(
+        cfg, model=dataclasses.replace(cfg.model, weights=weights(cfg.model.weights),
+                                       backbone_weights=weights(cfg.model.backbone_weights)),
+        data={**cfg.data, "root": os.path.abspath(root)} if isinstance(root, (str, os.PathLike)) else cfg.data,
+        train=dataclasses.replace(cfg.train, init_from=os.path.abspath(init) if init else init))
+
+
 def dump_config(cfg: Config) -> str:
-    """The resolved config as YAML (saved in every run folder)."""
+    """The resolved config as YAML, its paths absolute (``absolute_paths``): what every run folder saves."""
     import yaml
 
-    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+    return yaml.safe_dump(to_dict(absolute_paths(cfg)), sort_keys=False)

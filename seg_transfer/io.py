@@ -157,22 +157,23 @@ def save_bytes(data: bytes, path: Union[str, os.PathLike]) -> Path:
     return Path(path)
 
 
-def resolve_device(device: Union[str, torch.device, None]) -> torch.device:
-    """``'cpu'``, ``'cuda'``, ``'cuda:1'`` or None (CUDA when available); a missing GPU is a clear error."""
+def resolve_device(device: Union[str, torch.device, None], key: str = "--device") -> torch.device:
+    """``'cpu'``, ``'cuda'``, ``'cuda:1'`` or None (CUDA when available); a missing GPU is a clear error
+    naming ``key`` (the flag or config key the device came from)."""
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(device)
     except RuntimeError:
-        raise ConfigError(f"--device {device}: not a device; use cpu, cuda or cuda:N") from None
+        raise ConfigError(f"{key} {device}: not a device; use cpu, cuda or cuda:N") from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise ConfigError(f"--device {device}: CUDA is not available on this machine (torch "
-                              f"{torch.__version__}); use --device cpu")
+            raise ConfigError(f"{key} {device}: CUDA is not available on this machine (torch "
+                              f"{torch.__version__}); use {key} cpu")
         if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ConfigError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) here")
+            raise ConfigError(f"{key} {device}: only {torch.cuda.device_count()} CUDA device(s) here")
     elif device.type == "mps" and not torch.backends.mps.is_available():
-        raise ConfigError(f"--device {device}: MPS is not available on this machine; use --device cpu")
+        raise ConfigError(f"{key} {device}: MPS is not available on this machine; use {key} cpu")
     elif device.type not in ("cpu", "cuda", "mps"):
-        raise ConfigError(f"--device {device}: unsupported; use cpu, cuda or cuda:N")
+        raise ConfigError(f"{key} {device}: unsupported; use cpu, cuda or cuda:N")
     return device

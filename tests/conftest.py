@@ -71,3 +71,15 @@ def shared_image(name: str) -> Path:
     if not path.exists():
         pytest.skip(f"{path} not available (../shared missing)")
     return path
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``cuda`` run where a CUDA device is, and are skipped (saying why) elsewhere."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)

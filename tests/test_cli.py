@@ -293,6 +293,139 @@ def test_infer_offline_env_does_not_try_the_network(home, tmp_path, capsys, monk
     assert len(lines(err)) == 1 and "SEG_TRANSFER_OFFLINE" in err and str(cached(home, FCN)) in err
 
 
+@pytest.mark.parametrize("name, flag, what", [("best.pt", "--checkpoint", "a checkpoint"),
+                                              ("backbone.pth", "--checkpoint", "a checkpoint"),
+                                              ("model.onnx", "--model-file", "an exported model"),
+                                              ("model.torchscript", "--model-file", "an exported model")])
+def test_infer_model_among_the_inputs_stops_before_anything_runs(home, tmp_path, capsys, no_network, name, flag,
+                                                                  what):
+    """`infer runs/x/best.pt dog1.jpg`: one line naming the flag meant, and the default model (not cached in
+    this empty TORCH_HOME) is never loaded for the photo."""
+    model = tmp_path / "runs" / "x" / name
+    model.parent.mkdir(parents=True)
+    model.write_bytes(b"not an image")
+    img = small_photo(tmp_path / "a.jpg")
+    code, stdout, err = run(capsys, "infer", model, img, "--out", tmp_path / "out")
+    assert code == 2 and stdout == "" and "Traceback" not in err
+    assert lines(err) == [f"seg-transfer: error: {model} is {what}, not an image: did you mean {flag} {model}?"]
+    assert no_network == [] and not (tmp_path / "out").exists()
+
+
+def test_infer_classifier_without_json_says_where_the_result_went(tmp_path, capsys):
+    """A classifier writes files only with --json: the closing line says the top-k above is the result."""
+    model = create_model(backbone="resnet18", head="classifier", backbone_weights=None, classes=["ant", "bee"],
+                         resize=32)
+    ckpt = save_checkpoint(tmp_path / "best.pt", model)
+    img = small_photo(tmp_path / "a.jpg")
+    code, stdout, err = run(capsys, "infer", "--checkpoint", ckpt, img, "--out", tmp_path / "out")
+    assert code == 0, err
+    assert lines(stdout)[0].startswith(f"{img}: ") and "%" in stdout
+    assert lines(err)[-1] == (f"classified 1 image(s): the top-k is printed above, no files written "
+                              f"(--json writes <stem>.json to {tmp_path / 'out'}/)")
+    code, stdout, err = run(capsys, "infer", "--checkpoint", ckpt, img, "--out", tmp_path / "out", "-q")
+    assert code == 0 and stdout == ""
+    assert lines(err) == [f"classified 1 image(s): -q printed no top-k and no files were written "
+                          f"(--json writes <stem>.json to {tmp_path / 'out'}/)"]
+    code, _, err = run(capsys, "infer", "--checkpoint", ckpt, img, "--out", tmp_path / "out", "--json", "-q")
+    assert code == 0 and lines(err) == [f"wrote 1 files for 1 image(s) to {tmp_path / 'out'}/"]
+    assert (tmp_path / "out" / "a.json").is_file()
+
+
+# ------------------------------------------------------------------------------------ parsing
+
+def _subcommands(parser, path=()):
+    """Every sub-command's argv prefix, nested ones (``weights list``) included."""
+    import argparse
+
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield (*path, name)
+                yield from _subcommands(sub, (*path, name))
+
+
+def test_every_help_reads_without_format_escapes(capsys):
+    """argparse prints a description as written: a '%%' meant for %-formatting would show doubled."""
+    from seg_transfer.cli import build_parser
+
+    commands = list(_subcommands(build_parser()))
+    assert {"compare", "cv", "finetune", "infer", "weights list"} <= {" ".join(c) for c in commands}
+    for command in [(), *commands]:
+        with pytest.raises(SystemExit) as exit_:
+            main([*command, "--help"])
+        out = capsys.readouterr().out
+        assert exit_.value.code == 0 and out.startswith("usage: seg-transfer"), command
+        assert "%%" not in out and "%(" not in out, (command, out)
+    with pytest.raises(SystemExit):
+        main(["compare", "--help"])
+    assert "a 95% confidence interval" in " ".join(capsys.readouterr().out.split())
+
+
+@pytest.mark.parametrize("argv, fixed", [
+    (["finetune", "train.epochs=1", "{cfg}"], "finetune {cfg} train.epochs=1"),
+    (["evaluate", "train.epochs=1", "{cfg}", "--checkpoint", "best.pt"], "evaluate {cfg} train.epochs=1"),
+    (["cv", "train.epochs=1", "{cfg}", "--folds", "3"], "cv {cfg} train.epochs=1"),
+    (["compare", "train.epochs=1", "{cfg}", "{cfg}"], "compare {cfg} {cfg} train.epochs=1"),
+    (["convert", "data.root=x", "{cfg}", "--out", "ds"], "convert {cfg} data.root=x"),
+])
+def test_override_before_the_config_says_the_config_comes_first(tmp_path, capsys, argv, fixed):
+    cfg = tmp_path / "camvid.yaml"
+    cfg.write_text("model: {name: fcn_resnet50}\n")
+    code, stdout, err = run(capsys, *(a.format(cfg=cfg) for a in argv))
+    given = argv[1]
+    assert code == 2 and stdout == "" and "Traceback" not in err
+    assert lines(err) == [f"seg-transfer: error: {given} is a KEY=VALUE override, not a CONFIG file: the CONFIG "
+                          f"file comes first, then the overrides (seg-transfer {fixed.format(cfg=cfg)})"]
+
+
+def test_overrides_anywhere_on_the_line():
+    from seg_transfer.cli import parse_args
+
+    args = parse_args(["finetune", "c.yaml", "a=1", "-q", "b.c=2", "--run-dir", "r", "d=[1, 2]"])
+    assert (args.config, args.overrides, args.quiet, str(args.run_dir)) == ("c.yaml", ["a=1", "b.c=2", "d=[1, 2]"],
+                                                                          True, "r")
+    args = parse_args(["cv", "c.yaml", "--folds", "3", "train.epochs=1", "-q", "data.root=/d"])
+    assert (args.folds, args.overrides) == (3, ["train.epochs=1", "data.root=/d"])
+    args = parse_args(["compare", "a.yaml", "b.yaml", "--seeds", "2", "train.epochs=1"])
+    assert (args.configs, args.overrides) == (["a.yaml", "b.yaml"], ["train.epochs=1"])
+    args = parse_args(["evaluate", "c.yaml", "--checkpoint", "b.pt", "data.split=all"])
+    assert args.overrides == ["data.split=all"]
+    args = parse_args(["convert", "labelme", "--out", "ds", "root=ann"])
+    assert (args.source, args.options) == ("labelme", ["root=ann"])
+    args = parse_args(["finetune", "--resume", "runs/x", "-q", "train.epochs=4", "train.lr=0.1"])
+    assert (args.resume, [args.config, *args.overrides]) == ("runs/x", ["train.epochs=4", "train.lr=0.1"])
+
+
+@pytest.mark.parametrize("argv, unknown", [(["cv", "c.yaml", "--bogus", "train.epochs=1"], "--bogus"),
+                                           (["finetune", "c.yaml", "-q", "other.yaml"], "other.yaml"),
+                                           (["infer", "a.jpg", "--bogus"], "--bogus"),
+                                           (["models", "x=1"], "x=1")])
+def test_unknown_arguments_stay_an_error(capsys, argv, unknown):
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.splitlines()[-1] == f"seg-transfer: error: unrecognized arguments: {unknown}"
+
+
+@pytest.mark.parametrize("argv", [["finetune", "{cfg}", "-q", "data.root={missing}"],
+                                  ["cv", "{cfg}", "--folds", "2", "-q", "data.root={missing}"],
+                                  ["compare", "{cfg}", "{cfg}", "--folds", "2", "data.root={missing}"],
+                                  ["convert", "{cfg}", "--out", "{out}", "data.root={missing}"]])
+def test_overrides_after_options_reach_the_config(tmp_path, capsys, argv):
+    """The override after an option is applied (the data root it names is read, and is missing), where it
+    used to end in argparse's 'unrecognized arguments'."""
+    root = tmp_path / "data"
+    small_photo(root / "images" / "a.png")
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"model: {{backbone: resnet18, head: classifier, backbone_weights: null}}\n"
+                   f"data: {{format: imagefolder, root: {root}}}\n")
+    missing = tmp_path / "missing"
+    code, _, err = run(capsys, *(a.format(cfg=cfg, missing=missing, out=tmp_path / "ds") for a in argv))
+    assert code == 2 and "Traceback" not in err and "unrecognized" not in err
+    assert f"data root {missing}: no such folder" in err  # the data check lists it, as for an override before
+    assert len([s for s in lines(err) if s.startswith("seg-transfer: error: ")]) == 1
+
+
 # ------------------------------------------------------------------------------------ models
 
 def test_models_lists_every_registry_name(capsys):
@@ -469,3 +602,48 @@ def test_tools_infer_wrapper_subprocess(tmp_path, monkeypatch, standin):
         assert m.mode == "P" and m.size == (96, 72)
     assert (out / "a_overlay.png").is_file()
     assert "wrote 2 files for 1 image(s)" in proc.stderr
+
+
+# ---------------------------------------------------------------------- every error path: one line, no traceback
+def _bad_command_lines(tmp: Path) -> list[list[str]]:
+    cfg = tmp / "c.yaml"
+    cfg.write_text("model: {backbone: resnet18, head: lraspp, backbone_weights: null}\n"
+                   f"data: {{format: folder, root: {tmp / 'nowhere'}, classes: [a, b]}}\n")
+    (tmp / "best.pt").write_bytes(b"not a checkpoint")
+    (tmp / "x.onnx").write_bytes(b"not onnx")
+    return [
+        ["infer", str(tmp / "missing.jpg")],
+        ["infer", str(tmp / "best.pt"), str(tmp / "missing.jpg")],
+        ["infer", "--model", "fcn_resnet5", str(tmp / "missing.jpg")],
+        ["infer", "--checkpoint", str(tmp / "best.pt"), str(tmp / "missing.jpg")],
+        ["infer", "--model-file", str(tmp / "x.onnx"), str(tmp / "missing.jpg")],
+        ["infer", "--model-file", str(tmp / "missing.onnx"), str(tmp / "missing.jpg")],
+        ["export", "--checkpoint", str(tmp / "missing.pt")],
+        ["finetune", str(tmp / "missing.yaml")],
+        ["finetune", "train.epochs=1", str(cfg)],
+        ["finetune", str(cfg), "train.epoch=1"],
+        ["finetune", str(cfg), "--check-data", "-q"],
+        ["finetune", str(cfg), "-q"],
+        ["finetune", "--resume", str(tmp / "no_run")],
+        ["evaluate", str(cfg), "--checkpoint", str(tmp / "missing.pt")],
+        ["cv", str(cfg), "--folds", "1", "-q"],
+        ["compare", str(cfg), str(tmp / "missing.yaml"), "-q"],
+        ["report", str(tmp / "no_run")],
+        ["convert", "nosuchformat", str(tmp), "--out", str(tmp / "out")],
+        ["weights", "import", str(tmp / "missing.pth")],
+        ["advise", "--num-images", "-3", "--similarity", "high"],
+    ]
+
+
+def test_no_command_error_path_shows_a_traceback(tmp_path, capsys):
+    """Each bad command line ends with a non-zero status and one-line errors, never a traceback."""
+    for argv in _bad_command_lines(tmp_path):
+        try:
+            code = main(argv)
+        except SystemExit as stop:  # argparse's own usage errors
+            code = stop.code
+        err = capsys.readouterr().err
+        assert code not in (0, None), (argv, err)
+        assert "Traceback" not in err, (argv, err)
+        errors = [line for line in err.splitlines() if "error" in line]
+        assert errors and all(line.startswith(("seg-transfer: error:", "error:", "data check:")) for line in errors), (argv, err)

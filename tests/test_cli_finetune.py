@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 
 import numpy as np
@@ -88,6 +89,32 @@ def test_evaluate_other_folder_by_override(finished_run, data_root, tmp_path, ca
     assert "(20 images)" in capsys.readouterr().out
 
 
+def test_limit_train_run_reruns_from_anywhere_and_evaluate_scores_its_val_split(data_root, tmp_path, monkeypatch,
+                                                                                capsys):
+    """A quick trial (--limit-train) started with a relative data.root and its own val split: the saved
+    config.yaml reruns it from another folder, and evaluate scores the run's val split unless told otherwise."""
+    start, elsewhere = tmp_path / "start", tmp_path / "elsewhere"
+    start.mkdir()
+    elsewhere.mkdir()
+    monkeypatch.chdir(start)
+    write_config(start / "cfg.yaml", os.path.relpath(data_root, start), "runs")  # val_ratio 0.2: 4 of 20 in val
+    assert main(["finetune", "cfg.yaml", "train.epochs=1", "data.val_ratio=0.5", "--limit-train", "4", "-q"]) == 0
+    run = start / "runs" / "run"
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert saved["data"]["root"] == str(data_root) and saved["train"]["limit_train"] == 4
+    assert json.loads((run / "run.json").read_text())["images"] == {"train": 4, "val": 10}
+    capsys.readouterr()
+    for extra, line in (([], "scored the run's val split (10 images, from runs/run/config.yaml)"),
+                        (["--config-split"], "scored the config's val split (4 images, from cfg.yaml)"),
+                        (["data.val_ratio=0.25"], "scored the config's val split (5 images, from cfg.yaml, "
+                                                  "with data overrides)")):
+        assert main(["evaluate", "cfg.yaml", *extra, "--checkpoint", "runs/run/best.pt", "--out", "ev", "-q"]) == 0
+        assert line in capsys.readouterr().out.splitlines()
+    monkeypatch.chdir(elsewhere)  # data.root relative to start/ would name nothing from here
+    assert main(["finetune", str(run / "config.yaml"), "-q"]) == 0
+    assert json.loads((elsewhere / "runs" / "run" / "run.json").read_text())["images"] == {"train": 4, "val": 10}
+
+
 def test_infer_with_finetuned_checkpoint_alone(finished_run, data_root, tmp_path, capsys):
     """The checkpoint carries classes and preprocessing: no config file beside it."""
     run, _ = finished_run
@@ -139,6 +166,37 @@ def test_check_data_reports_every_problem_and_training_refuses(data_root, tmp_pa
     assert main(["finetune", cfg, "-q"]) == 2
     assert "dataset has problems" in capsys.readouterr().err
     assert not (tmp_path / "runs").exists()
+
+
+def test_check_data_resolves_the_whole_config_and_says_what_it_scanned(data_root, tmp_path, capsys):
+    cfg = write_config(tmp_path / "c.yaml", data_root, tmp_path / "runs")
+    assert main(["finetune", cfg, "--check-data", "-q"]) == 0
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("data check: 0 error(s), 0 warning(s); scanned train: 16 images, ")
+    assert "labelled pixels of 4 classes; val: 4 images," in last and "without loading weights" in last
+    # a bad stage, a bad device and a bad optimizer passed the data check and failed at the real run
+    assert main(["finetune", cfg, "freeze.strategy=partial", "freeze.unfreeze_from=layer5", "train.device=cuda:7",
+                 "--check-data", "-q"]) == 1
+    err = capsys.readouterr().err
+    assert "error: freeze.unfreeze_from: unknown stage 'layer5' (did you mean 'layer4'?)" in err
+    assert "error: train.device: cuda:7:" in err and "2 error(s)" in err and "Traceback" not in err
+    assert main(["finetune", cfg, "model.backbone=resnet5", "--check-data", "-q"]) == 1
+    err = capsys.readouterr().err
+    assert "error: model.backbone: unknown backbone 'resnet5' (did you mean 'resnet50'?)" in err
+    assert not (tmp_path / "runs").exists()  # nothing ran
+
+
+def test_check_data_refuses_0_255_masks_under_a_many_class_config(data_root, tmp_path, capsys):
+    binary = tmp_path / "binary"
+    shutil.copytree(data_root, binary)
+    for mask in (binary / "masks").iterdir():
+        Image.fromarray(np.where(np.asarray(Image.open(mask)) > 0, 255, 0).astype(np.uint8)).save(mask)
+    cfg = write_config(tmp_path / "c.yaml", binary, tmp_path / "runs")
+    assert main(["finetune", cfg, "--check-data", "-q"]) == 1
+    err = capsys.readouterr().err
+    assert "error: train: 16 images with only class 0 'background' labelled" in err
+    assert "model.binary: true" in err and "2 error(s)" in err  # train and val
+    assert main(["finetune", cfg, "model.binary=true", "data.classes=[background,thing]", "--check-data", "-q"]) == 0
 
 
 def test_tools_wrappers_show_help():

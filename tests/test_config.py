@@ -34,7 +34,8 @@ def test_bad_values_name_the_key(key, value, expected):
         from_dict(ModelConfig, {key: value}, "model")
 
 
-@pytest.mark.parametrize("key,value", [("val_interval", 0), ("batch_size", 0), ("accumulate", -1), ("precise_bn", -2)])
+@pytest.mark.parametrize("key,value", [("val_interval", 0), ("batch_size", 0), ("accumulate", -1), ("precise_bn", -2),
+                                       ("limit_train", 0)])
 def test_counts_below_their_minimum_name_the_key(key, value):
     with pytest.raises(ConfigError, match=rf"train.{key}: expected at least \d, got {value}"):
         from_dict(TrainConfig, {key: value}, "train")
@@ -131,3 +132,70 @@ def test_shipped_run_configs_load(path):
     from seg_transfer.data.registry import DATASETS
 
     assert isinstance(cfg, Config) and cfg.data.get("format") in DATASETS
+
+
+def test_saved_config_holds_absolute_paths(tmp_path, monkeypatch):
+    """config.yaml (dump_config) makes what the run reads absolute from the folder it started in; a list
+    file stays relative to data.root (every format reads it from there), output.dir stays as given."""
+    import yaml
+
+    monkeypatch.chdir(tmp_path)
+    cfg = from_dict(Config, {
+        "model": {"backbone": "resnet18", "head": "fcn", "weights": "w/whole.pth", "backbone_weights": "DEFAULT"},
+        "data": {"format": "folder", "root": "../data/CamVid", "train_list": "lists/train.txt"},
+        "train": {"init_from": "runs/a/best.pt"}, "output": {"dir": "runs"}})
+    saved = yaml.safe_load(dump_config(cfg))
+    assert saved["data"] == {"format": "folder", "root": str(tmp_path.parent / "data" / "CamVid"),
+                             "train_list": "lists/train.txt"}
+    assert saved["train"]["init_from"] == str(tmp_path / "runs" / "a" / "best.pt")
+    assert (saved["model"]["weights"], saved["model"]["backbone_weights"]) == (str(tmp_path / "w" / "whole.pth"), "DEFAULT")
+    assert saved["output"]["dir"] == "runs" and cfg.data["root"] == "../data/CamVid"  # the config itself is unchanged
+
+
+
+def test_each_value_set_is_declared_once_and_the_code_acts_on_exactly_it():
+    """The config's value sets are the registries' keys: adding a logger or a scaling rule in one place and
+    not the other fails here."""
+    from seg_transfer import config
+    from seg_transfer.engine.loggers import LOGGERS
+    from seg_transfer.engine.optim import AMP_MODES, OPTIMIZERS, SCHEDULERS
+    from seg_transfer.engine.trainer import LR_SCALING
+    from seg_transfer.transfer.freeze import STRATEGIES
+
+    assert set(LOGGERS) == set(config.LOGGER_NAMES) and set(LR_SCALING) == set(config.LR_SCALINGS)
+    assert (AMP_MODES, OPTIMIZERS, SCHEDULERS, STRATEGIES) == (config.AMP_MODES, config.OPTIMIZERS, config.SCHEDULERS,
+                                                               config.FREEZE_STRATEGIES)
+
+
+@pytest.mark.parametrize("written,mode", [("off", "off"), ("false", "off"), ("fp32", "off"), ("none", "off"),
+                                          ("bf16", "bf16"), ("auto", "auto"), ("true", "auto")])
+def test_amp_spellings_parse_in_overrides_and_files(tmp_path, written, mode):
+    """YAML reads ``off`` as False: the trainer's own hint 'train.amp=off' must parse as printed."""
+    from seg_transfer.config import load_config
+
+    path = tmp_path / "c.yaml"
+    path.write_text(f"train:\n  amp: {written}\n")
+    assert load_config(str(path)).train.amp == mode
+    assert load_config(str(tmp_path / "c.yaml"), [f"train.amp={written}"]).train.amp == mode
+    with pytest.raises(ConfigError, match="train.amp"):
+        load_config(str(path), ["train.amp=fp8"])
+
+
+def test_amp_auto_is_off_on_the_cpu():
+    import torch
+
+    from seg_transfer.engine.optim import autocast_settings
+
+    assert autocast_settings(torch.device("cpu"), "auto") == (False, None)
+    assert autocast_settings(torch.device("cpu"), "off") == (False, None)
+
+
+@pytest.mark.cuda
+def test_amp_auto_picks_bf16_where_the_gpu_has_it():
+    import torch
+
+    from seg_transfer.engine.optim import autocast_settings, grad_scaler
+
+    enabled, dtype = autocast_settings(torch.device("cuda"), "auto")
+    assert enabled and dtype == (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
+    assert grad_scaler(torch.device("cuda"), "auto").is_enabled() == (dtype == torch.float16)

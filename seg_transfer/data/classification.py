@@ -77,6 +77,8 @@ def relative_name(path: Path, root: Optional[Path]) -> str:
 class ImageFolderDataset(ImageDataset):
     """(uint8 HxWx3 image, int label) per file; ``transform(image, label)`` is applied last."""
 
+    item_lists = ("files", "labels")
+
     def __init__(self, files: Sequence[Path], labels: Sequence[int], classes: Sequence[str],
                  root: Optional[Path] = None, transform: Optional[LabelTransform] = None) -> None:
         self.files, self.labels, self.classes = list(files), [int(v) for v in labels], list(classes)

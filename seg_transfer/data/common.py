@@ -8,7 +8,7 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Optional, Sequence, TypeVar, Union
+from typing import Any, Callable, ClassVar, Iterable, Iterator, Optional, Sequence, TypeVar, Union
 
 import numpy as np
 import torch.utils.data
@@ -189,6 +189,7 @@ class ImageDataset(torch.utils.data.Dataset):
     classes: list[str]
     ignore_index: int
     transform: Optional[Callable[..., Any]]
+    item_lists: ClassVar[tuple[str, ...]] = ()  # the attributes holding one entry per item, in item order
 
     def __len__(self) -> int:
         raise NotImplementedError
@@ -214,6 +215,16 @@ class ImageDataset(torch.utils.data.Dataset):
         """A copy of this dataset (same files) that applies ``transform`` to each item."""
         clone = copy.copy(self)
         clone.transform = transform
+        return clone
+
+    def take(self, indices: Sequence[int]) -> ImageDataset:
+        """A copy of this dataset holding items ``indices`` only (same options and transform)."""
+        if not self.item_lists:  # a copy of every item would pass for a subset
+            raise NotImplementedError(f"{type(self).__name__}.item_lists: not declared")
+        clone = copy.copy(self)
+        for name in self.item_lists:
+            items = getattr(self, name)
+            setattr(clone, name, [items[i] for i in indices])
         return clone
 
 

@@ -123,6 +123,7 @@ class BoxDataset(AnnotatedImages):
     ``labels`` (int64 N, 1..K), ``iscrowd`` (int64 N) and, when the format has them, ``masks`` (uint8 N x H x W).
     """
 
+    item_lists = ("images", "annotations")
     ignore_index = -1  # no pixel labels: nothing to ignore (DataSplits carries the field for segmentation)
 
     def __init__(self, images: Sequence[ImageRef], annotations: Sequence[Any], *, classes: Sequence[str],

@@ -22,7 +22,8 @@ KINDS = ("missing_path", "unreadable", "missing_mask", "missing_image", "duplica
          "name_spaces", "not_photo", "converted",  # class folders (classification.py)
          "unknown_colour",  # colour masks (colors.py)
          "bad_shape", "clipped",  # annotation-tool files (labelme.py, yolo.py)
-         "overlap")  # list files: val inside train (split.py)
+         "overlap",  # list files: val inside train (split.py)
+         "too_few_classes")  # a split labelled with fewer classes than a model learns from (checks.py)
 
 
 @dataclass(frozen=True)

@@ -140,6 +140,8 @@ class SegDataset(AnnotatedImages):
     ``masks`` holds one reference per image (a mask file path, or what ``mask_reader`` understands).
     """
 
+    item_lists = ("images", "masks")
+
     def __init__(self, images: Sequence[ImageRef], masks: Sequence[Any], *, classes: Sequence[str],
                  ignore_index: int = 255, label_map: Optional[Mapping[int, int]] = None,
                  mask_reader: Callable[[Any], np.ndarray] = read_mask,

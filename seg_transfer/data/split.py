@@ -6,7 +6,7 @@ import os
 import random
 import re
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Mapping, Optional, Sequence
 
 from ..errors import ConfigError, unknown
 from .common import PathLike, stem
@@ -46,18 +46,52 @@ def split_names(names: Sequence[str], *, split: Optional[str] = None, val_ratio:
 def _mode(split: Optional[str], **options: object) -> str:
     used_by = {"val_groups": "group", "group_regex": "group", "train_list": "list", "val_list": "list"}
     given = [key for key, value in options.items() if value is not None]
+    explicit = split is not None
     if split is None:
         split = next((used_by[k] for k in given), "ratio")
     if split not in SPLITS:
         raise unknown("split", split, SPLITS, where="split")
-    for key in given:
-        if used_by[key] != split:
-            raise ConfigError(f"{key} is only used with split: {used_by[key]} (split is {split})")
+    wrong = [key for key in given if used_by[key] != split]
+    if wrong:
+        raise ConfigError(_mismatch(split, explicit, given, wrong, used_by))
     if split == "group" and options["group_regex"] is None:
         raise ConfigError(r"split: group needs group_regex, e.g. '^(\w+?)_' for CamVid's sequence prefixes")
     if split == "list" and options["train_list"] is None and options["val_list"] is None:
         raise ConfigError("split: list needs train_list, val_list or both")
     return split
+
+
+def _mismatch(split: str, explicit: bool, given: Sequence[str], wrong: Sequence[str],
+              used_by: Mapping[str, str]) -> str:
+    """The error for keys of another split: which keys, what the split is and why, and the keys to set."""
+    def keys(names: Sequence[str]) -> str:
+        return ", ".join(f"data.{k}" for k in names)
+
+    def nulls(names: Sequence[str]) -> str:
+        return ", ".join(f"data.{k}: null" for k in names)
+
+    modes = sorted({used_by[k] for k in wrong})
+    head = (f"{keys(wrong)} {'is' if len(wrong) == 1 else 'are'} only used with "
+            f"{' or '.join(f'data.split: {m}' for m in modes)}, but the split is {split}")
+    if explicit:
+        return f"{head} (data.split: {split}); set {nulls(wrong)}, or change data.split"
+    # data.split left out: the first split-choosing key decided it (_mode), and the others disagree
+    chosen = [k for k in given if used_by[k] == split]
+    why = f"data.split is not set, so {keys(chosen)} chose it"
+    if len(modes) > 1:
+        return f"{head} ({why}); set data.split to the split you want and the other split's keys to null"
+    return (f"{head} ({why}); to use {keys(wrong)} set data.split: {modes[0]}, {nulls(chosen)}; "
+            f"or set {nulls(wrong)}")
+
+
+def limit_items(indices: Sequence[int], n: Optional[int], seed: int = 0) -> list[int]:
+    """A fixed random subset (``--limit-train``): ``n`` of ``indices`` drawn with ``seed``, in ascending
+    order; all of them when ``n`` is None or not below their number."""
+    if n is not None and n < 1:
+        raise ConfigError(f"--limit-train: expected a positive number of items, got {n}")
+    if n is None or n >= len(indices):
+        return list(indices)
+    return sorted(random.Random(seed).sample(list(indices), n))
 
 
 def check_ratio(val_ratio: float) -> None:

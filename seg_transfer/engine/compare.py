@@ -100,9 +100,10 @@ def compare_summaries(a: dict[str, Any], b: dict[str, Any], names: tuple[str, st
 def run_compare(cfg_a: Config, cfg_b: Config, *, folds: int, out: Path, seeds: int = 1,
                 limit_train: Optional[int] = None, split_seed: int = 0, runner: Optional[Runner] = None,
                 log: Callable[[str], None] = print, progress: bool = True, sources: tuple[str, str] = ("", ""),
-                overrides: Sequence[str] = ()) -> dict[str, Any]:
+                overrides: Sequence[str] = (), finished: Optional[Callable[[str], None]] = None) -> dict[str, Any]:
     """Both recipes on the same folds (from A's data) and seeds (from A's ``train.seed``), into ``out/A``
-    and ``out/B``; writes compare.json and returns its content plus ``summaries``, the two cv summaries."""
+    and ``out/B``; writes compare.json and returns its content plus ``summaries``, the two cv summaries.
+    ``finished``: where each finished run's line goes instead of ``log`` (run_schedule)."""
     pool = pool_of(cfg_a)
     other = pool_of(cfg_b)
     if other.names != pool.names:
@@ -118,7 +119,7 @@ def run_compare(cfg_a: Config, cfg_b: Config, *, folds: int, out: Path, seeds: i
         raise ConfigError(f"compare: the recipes train different tasks ({cvs[0].task} vs {cvs[1].task})")
     log(f"compare: A = {sources[0] or 'first config'}, B = {sources[1] or 'second config'}; {plan.describe()}; "
         f"{seeds} seed(s) each; runs in {out}/A and {out}/B")
-    run_schedule(cvs, log)
+    run_schedule(cvs, log, finished)
     summaries = [cv.write() for cv in cvs]
     result = {"a": {"config": sources[0], "dir": str(out / "A")}, "b": {"config": sources[1], "dir": str(out / "B")},
               "overrides": list(overrides), **compare_summaries(summaries[0], summaries[1])}

@@ -13,7 +13,6 @@ import inspect
 import io
 import json
 import math
-import random
 import statistics
 import time
 import traceback
@@ -25,7 +24,7 @@ from ..config import Config
 from ..data.classification import ImageFolderDataset
 from ..data.common import AnnotatedImages, ImageDataset
 from ..data.registry import DATASETS, build_dataset
-from ..data.split import group_keys, kfold
+from ..data.split import group_keys, kfold, limit_items
 from ..errors import ConfigError
 from ..io import save_text
 from ..models.build import task_of
@@ -121,17 +120,12 @@ class FoldPlan:
 def plan_folds(pool: Pool, k: int, *, limit_train: Optional[int] = None, seed: int = 0) -> FoldPlan:
     """``k`` folds of ``pool``; ``limit_train`` keeps a seeded subset of that many train items per fold
     (the same subset for every seed and recipe, so runs stay paired)."""
-    if limit_train is not None and limit_train < 1:
-        raise ConfigError(f"--limit-train: expected a positive number of items, got {limit_train}")
     n = len(pool.names)
     val = kfold(n, k, groups=pool.groups, labels=pool.labels, seed=seed)
     train = []
     for f, held in enumerate(val):
         out = set(held)
-        rest = [i for i in range(n) if i not in out]
-        if limit_train is not None and limit_train < len(rest):
-            rest = sorted(random.Random(seed * 1000 + f).sample(rest, limit_train))
-        train.append(rest)
+        train.append(limit_items([i for i in range(n) if i not in out], limit_train, seed * 1000 + f))
     return FoldPlan(pool, val, train, seed)
 
 
@@ -165,12 +159,16 @@ def read_metrics(run_dir: Path) -> dict[str, Any]:
 
 
 def engine_runner(progress: bool = True, log: Optional[Callable[[str], None]] = None) -> Runner:
-    """A Runner that trains with the engine's Trainer, as ``seg-transfer finetune`` does."""
+    """A Runner that trains with the engine's Trainer, as ``seg-transfer finetune`` does. The transfer report
+    and freezing table, the same for every fold, are printed for each recipe's first run only."""
     from .trainer import Trainer  # the Trainer pulls in the whole engine: only when a run starts
+
+    shown: set[Path] = set()  # the recipes' folders (cv's DIR; compare's DIR/A, DIR/B) whose tables were printed
 
     def run(cfg: Config, run_dir: Path) -> Outcome:
         (run_dir / "val_metrics_last.json").unlink(missing_ok=True)  # never an earlier run's figures
-        trainer = Trainer(cfg, run_dir=run_dir, progress=progress, log=log)
+        trainer = Trainer(cfg, run_dir=run_dir, progress=progress, log=log, show_transfer=run_dir.parent not in shown)
+        shown.add(run_dir.parent)
         trainer.fit()
         return Outcome(read_metrics(run_dir), trainer.task.main_metric, trainer.task.metric_label)
 
@@ -379,9 +377,18 @@ def duration(seconds: float) -> str:
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
 
 
-def run_schedule(cvs: Sequence[CrossValidation], log: Callable[[str], None] = print) -> None:
+def _recipe(cv: CrossValidation) -> str:
+    """How a finished run's line names its recipe: compare's 'A (a.yaml): '; cv has one recipe, unnamed."""
+    if not cv.name:
+        return ""
+    return f"{cv.name} ({Path(cv.source).name}): " if cv.source else f"{cv.name}: "
+
+
+def run_schedule(cvs: Sequence[CrossValidation], log: Callable[[str], None] = print,
+                 finished: Optional[Callable[[str], None]] = None) -> None:
     """Every fold x seed of every recipe, fold by fold (recipes side by side, so pairs complete early),
-    with 'fold k/K' progress and the time left estimated from the runs so far."""
+    with 'fold k/K' progress and the time left estimated from the runs so far. Each finished run is one
+    line (recipe, fold, seed, main metric, time) to ``finished``, or to ``log`` under its run's header."""
     plan, seeds = cvs[0].plan, cvs[0].seeds
     jobs = [(f, s, cv) for f in range(plan.k) for s in range(seeds) for cv in cvs]
     start = time.perf_counter()
@@ -390,18 +397,24 @@ def run_schedule(cvs: Sequence[CrossValidation], log: Callable[[str], None] = pr
         log(f"== {cv.name + ': ' if cv.name else ''}fold {f + 1}/{plan.k}, seed {cv.base_seed + s} "
             f"({s + 1}/{seeds}); run {n + 1}/{len(jobs)}; {len(plan.train[f])} train / {len(plan.val[f])} val{left}")
         r = cv.run_one(f, s)
-        log(f"   fold {f + 1}/{plan.k} seed {r.seed}: " +
-            (f"FAILED ({r.error}); details in {r.run_dir / 'error.txt'}" if r.error else
-             f"{cv.label} {float(r.metrics.get(cv.metric or '', math.nan)):.4f} in {duration(r.seconds)}"))
+        line = f"{_recipe(cv)}fold {f + 1}/{plan.k} seed {r.seed}: " + (
+            f"FAILED ({r.error}); details in {r.run_dir / 'error.txt'}" if r.error else
+            f"{cv.label} {float(r.metrics.get(cv.metric or '', math.nan)):.4f} in {duration(r.seconds)}")
+        if finished is not None:
+            finished(line)
+        else:
+            log("   " + line)
 
 
 def run_cv(cfg: Config, *, folds: int, out: Path, seeds: int = 1, limit_train: Optional[int] = None,
            split_seed: int = 0, runner: Optional[Runner] = None, log: Callable[[str], None] = print,
-           progress: bool = True, source: str = "", overrides: Sequence[str] = ()) -> dict[str, Any]:
-    """Cross-validate ``cfg``: ``folds`` folds x ``seeds`` seeds into ``out``; returns the summary it wrote."""
+           progress: bool = True, source: str = "", overrides: Sequence[str] = (),
+           finished: Optional[Callable[[str], None]] = None) -> dict[str, Any]:
+    """Cross-validate ``cfg``: ``folds`` folds x ``seeds`` seeds into ``out``; returns the summary it wrote.
+    ``finished``: where each finished run's line goes instead of ``log`` (run_schedule)."""
     plan = plan_folds(pool_of(cfg), folds, limit_train=limit_train, seed=split_seed)
     log(f"cv: {plan.describe()}; {seeds} seed(s) each; runs in {out}/")
     cv = CrossValidation(cfg, plan, out, runner or engine_runner(progress, log), seeds=seeds, source=source,
                          overrides=overrides)
-    run_schedule([cv], log)
+    run_schedule([cv], log, finished)
     return cv.write()

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 import zlib
-from typing import Any, Callable, Iterator, Optional, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence, Union
 
 import torch
 import torch.distributed as dist
@@ -53,14 +53,16 @@ class EpochSeeded(Dataset):
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, i: int) -> Any:
+    def __getitem__(self, key: Union[int, tuple[int, int]]) -> Any:
+        """Item ``key`` (an index, seeded by ``set_epoch``'s epoch) or ``(index, epoch)``."""
+        i, epoch = key if isinstance(key, tuple) else (key, self.epoch)
         transform: Any = getattr(self.dataset, "transform", None)
         if hasattr(transform, "reseed"):
-            transform.reseed(item_seed(self.seed, self.epoch, i))
+            transform.reseed(item_seed(self.seed, epoch, i))
         return self.dataset[i]
 
 
-class ShardSampler(Sampler[int]):
+class ShardSampler(Sampler[Any]):
     """This rank's share of an epoch: the single-process order cut every ``world``-th item from ``rank``.
 
     The order is exactly the one a one-process run draws (``DataLoader(shuffle=True)`` with a generator
@@ -71,9 +73,15 @@ class ShardSampler(Sampler[int]):
     """
 
     def __init__(self, size: int, *, shuffle: bool, seed: int = 0, epoch: int = 0, rank: int = 0,
-                 world: int = 1, pad: bool = True) -> None:
+                 world: int = 1, pad: bool = True, with_epoch: bool = False) -> None:
         self.size, self.shuffle, self.seed, self.epoch = size, shuffle, seed, epoch
         self.rank, self.world, self.pad = rank, world, pad
+        # (index, epoch) pairs: persistent workers hold their own copy of the dataset, so the epoch that
+        # seeds an item's augmentation travels with its index (``EpochSeeded``)
+        self.with_epoch = with_epoch
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
 
     def order(self) -> list[int]:
         if not self.shuffle:
@@ -83,11 +91,12 @@ class ShardSampler(Sampler[int]):
         torch.empty((), dtype=torch.int64).random_(generator=generator)
         return torch.randperm(self.size, generator=generator).tolist()
 
-    def __iter__(self) -> Iterator[int]:
+    def __iter__(self) -> Iterator[Any]:
         order = self.order()
         if self.pad and self.world > 1 and self.size % self.world:
             order += order[:self.world - self.size % self.world]
-        return iter(order[self.rank::self.world])
+        mine = order[self.rank::self.world]
+        return iter([(i, self.epoch) for i in mine] if self.with_epoch else mine)
 
     def __len__(self) -> int:
         if self.pad:
@@ -103,17 +112,21 @@ def unshard(parts: Sequence[Sequence[Any]]) -> list[Any]:
 
 def make_loader(dataset: Any, batch_size: int, *, shuffle: bool, seed: int, epoch: int = 0,
                 workers: int = 0, collate_fn: Optional[Callable] = None, drop_last: bool = False,
-                pad: bool = True) -> DataLoader:
+                pad: bool = True, pin_memory: bool = False, persistent: bool = False) -> DataLoader:
     """A loader over this rank's ``ShardSampler`` shard, whose order depends only on (seed, epoch);
-    ``pad=False`` for evaluation (no item seen twice)."""
+    ``pad=False`` for evaluation (no item seen twice). ``persistent`` (an ``EpochSeeded`` dataset, workers
+    > 0): one loader for the whole run, its workers kept between epochs; move it to the next epoch with
+    ``loader.sampler.set_epoch(epoch)``."""
     if hasattr(dataset, "set_epoch"):  # EpochSeeded, CachedFeatureDataset
         dataset.set_epoch(epoch)
+    persistent = persistent and workers > 0 and isinstance(dataset, EpochSeeded)
     sampler = ShardSampler(len(dataset), shuffle=shuffle, seed=seed, epoch=epoch, rank=rank(),
-                           world=world_size(), pad=pad)
+                           world=world_size(), pad=pad, with_epoch=persistent)
     # The generator only seeds the workers, as a one-process DataLoader(shuffle=True) would.
     generator = torch.Generator().manual_seed(seed * 1000 + epoch)
+    extra: dict[str, Any] = {"persistent_workers": True, "prefetch_factor": 4} if persistent else {}
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
-                      collate_fn=collate_fn, drop_last=drop_last, generator=generator)
+                      collate_fn=collate_fn, drop_last=drop_last, generator=generator, pin_memory=pin_memory, **extra)
 
 
 def setup(device: torch.device) -> torch.device:

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from ..config import Config, dump_config
+from ..config import Config, dump_config, load_yaml
 from ..data.registry import build_dataset
 from ..data.segmentation import binary_splits
 from ..errors import ConfigError
@@ -75,12 +75,33 @@ def plain_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def run_data(checkpoint: Union[str, os.PathLike]) -> Optional[tuple[dict[str, Any], Path]]:
+    """The ``data:`` block of the run folder ``checkpoint`` lies in (its config.yaml, as the run saved it:
+    list files, group split, absolute root) and that file; None for a checkpoint outside a run folder.
+    Its val split is the one the run validated on."""
+    path = Path(checkpoint).parent / "config.yaml"  # as the user named the checkpoint: what is printed
+    if not path.is_file():
+        return None
+    data = load_yaml(str(path)).get("data")
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: no 'data:' block to score the run's val split with; give data overrides")
+    root = data.get("root")
+    if isinstance(root, str) and not os.path.isabs(root):  # a run saved before roots were made absolute
+        info = path.parent / "run.json"
+        cwd = json.loads(info.read_text()).get("cwd") if info.is_file() else None
+        if cwd:  # relative to where that run was started, which run.json recorded
+            data = {**data, "root": os.path.join(cwd, root)}
+    return data, path
+
+
 def evaluate_checkpoint(cfg: Config, checkpoint: Union[str, os.PathLike], out_dir: Optional[str] = None,
                         device: Optional[str] = "cpu", progress: bool = True,
-                        command: Optional[Sequence[str]] = None, tta: Optional[TTA] = None) -> dict[str, Any]:
+                        command: Optional[Sequence[str]] = None, tta: Optional[TTA] = None,
+                        data_from: Optional[str] = None) -> dict[str, Any]:
     """Metrics of ``checkpoint`` on ``cfg``'s val split, written to ``out_dir``: metrics.json, the task's
-    plots (confusion.png...), the best and worst images, config.yaml, run.json (``command``, timings) and
-    report.html. ``tta``: score the model seen through test-time augmentation (flips, scales)."""
+    plots (confusion.png...), the best and worst images, config.yaml, run.json (``command``, timings,
+    ``data_from``: the file whose data block was scored) and report.html. ``tta``: score the model seen
+    through test-time augmentation (flips, scales)."""
     started, start = time.strftime("%Y-%m-%dT%H:%M:%S"), time.perf_counter()
     device_ = resolve_device(device)
     model = load_checkpoint(checkpoint, device_)
@@ -121,6 +142,7 @@ def evaluate_checkpoint(cfg: Config, checkpoint: Union[str, os.PathLike], out_di
     run = {"kind": "evaluate", "command": list(command) if command is not None else None, "cwd": os.getcwd(),
            "checkpoint": str(Path(checkpoint).resolve()),
            "train_run": str(train_run) if (train_run / "config.yaml").is_file() else None,
+           "data_from": data_from,
            "task": task.name, "metric": task.main_metric, "metric_label": task.metric_label,
            "image_score": task.image_score, "classes": classes, "images": {"val": len(dataset)},
            "device": str(device_), "world_size": 1, "started": started, "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),

@@ -41,7 +41,8 @@ class RunLogger:
 
 
 class CsvLogger(RunLogger):
-    """metrics.csv: one row per epoch (epoch, train_loss, val_loss, the task's columns, lr, seconds),
+    """metrics.csv: one row per epoch (epoch, train_loss, val_loss, the task's columns, lr, seconds, and
+    data_seconds: the time the epoch waited for batches),
     rewritten whole each epoch so a resumed run's file holds exactly its history."""
 
     def __init__(self, fields: Sequence[str]) -> None:
@@ -60,7 +61,7 @@ class CsvLogger(RunLogger):
 def write_csv(path: Path, rows: Sequence[Mapping[str, Any]], fields: Sequence[str]) -> None:
     """metrics.csv from history rows (columns beyond the standard ones are left out)."""
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=("epoch", "train_loss", "val_loss", *fields, "lr", "seconds"),
+    writer = csv.DictWriter(buf, fieldnames=("epoch", "train_loss", "val_loss", *fields, "lr", "seconds", "data_seconds"),
                             extrasaction="ignore")
     writer.writeheader()
     for r in rows:

@@ -206,20 +206,27 @@ class BinarySegmentationMeter(SegmentationMeter):
 
 
 # --------------------------------------------------------------------------------- classification
-class ClassificationMeter(Meter):
-    """A confusion matrix (label rows x predicted columns) plus top-k hits."""
+def informative_k(k: Optional[int], num_classes: int) -> Optional[int]:
+    """``k`` for top-k accuracy, or None when k >= the number of classes: every label is then in the top k,
+    and the figure is 1 whatever the model does."""
+    return k if k is not None and k < num_classes else None
 
-    def __init__(self, num_classes: int, k: int) -> None:
+
+class ClassificationMeter(Meter):
+    """A confusion matrix (label rows x predicted columns) plus top-k hits (none when k covers every class)."""
+
+    def __init__(self, num_classes: int, k: Optional[int]) -> None:
         self.matrix = ConfusionMatrix(num_classes, ignore_index=-100)
-        self.k = k
+        self.k = informative_k(k, num_classes)
         self.topk = torch.zeros(2, dtype=torch.int64)  # (hits, count)
         self.scores: list[Any] = []  # per batch the probabilities of the true class; floats after reduce()
 
     def update(self, outputs: torch.Tensor, targets: torch.Tensor) -> None:
         self.matrix.update(outputs.argmax(1), targets)
-        top = outputs.topk(self.k, dim=1).indices
-        hits = (top == targets[:, None]).any(1).sum()
-        self.topk = self.topk.to(targets.device) + torch.stack([hits, targets.new_tensor(len(targets))])
+        if self.k is not None:
+            top = outputs.topk(self.k, dim=1).indices
+            hits = (top == targets[:, None]).any(1).sum()
+            self.topk = self.topk.to(targets.device) + torch.stack([hits, targets.new_tensor(len(targets))])
         self.scores.append(outputs.detach().float().softmax(1).gather(1, targets[:, None].long())[:, 0])
 
     def reduce(self) -> ClassificationMeter:
@@ -237,8 +244,9 @@ class ClassificationMeter(Meter):
         return classification_metrics(self.matrix.mat, self.topk, self.k)
 
 
-def classification_metrics(mat: torch.Tensor, topk: torch.Tensor, k: int) -> dict[str, Any]:
-    """accuracy, top-k accuracy, per-class precision/recall/F1 (NaN where undefined) and their macro means."""
+def classification_metrics(mat: torch.Tensor, topk: torch.Tensor, k: Optional[int]) -> dict[str, Any]:
+    """accuracy, top-k accuracy (only for k below the number of classes), per-class precision/recall/F1 (NaN
+    where undefined) and their macro means."""
     mat = mat.detach().to("cpu", torch.float64)
     tp, labelled, predicted = mat.diag(), mat.sum(1), mat.sum(0)
     nan = torch.full_like(tp, math.nan)
@@ -248,9 +256,10 @@ def classification_metrics(mat: torch.Tensor, topk: torch.Tensor, k: int) -> dic
     f1 = torch.where(denom > 0, 2 * precision * recall / denom, torch.where(labelled > 0, 0.0, nan))
     total = float(mat.sum())
     hits, count = (int(v) for v in topk.tolist())
+    k = informative_k(k, len(tp))
     return {
         "accuracy": float(tp.sum()) / total if total else math.nan,
-        f"top{k}": hits / count if count else math.nan,
+        **({f"top{k}": hits / count if count else math.nan} if k is not None else {}),
         "macro_f1": float(f1.nanmean()),
         "precision": precision.tolist(),
         "recall": recall.tolist(),

@@ -19,11 +19,9 @@ import torch
 from torch.optim import SGD, AdamW, Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
+from ..config import AMP_MODES, OPTIMIZERS, SCHEDULERS
 from ..errors import ConfigError, unknown
 
-OPTIMIZERS = ("sgd", "adamw")
-SCHEDULERS = ("poly", "cosine", "step", "none")
-AMP_MODES = ("auto", "off", "bf16", "fp16")
 ParamGroups = Union[Iterable[Mapping[str, Any]], Iterable[torch.Tensor]]
 
 
@@ -179,17 +177,19 @@ def add_param_group(optimizer: Optimizer, scheduler: Optional[FactorLR], params:
 def autocast_settings(device: Union[str, torch.device], amp: str = "auto") -> tuple[bool, Optional[torch.dtype]]:
     """``(enabled, dtype)`` for ``torch.autocast(device.type, dtype=dtype, enabled=enabled)``.
 
-    ``auto`` is fp16 on CUDA and off elsewhere. On a CPU without native bf16 matmul (no AVX512-BF16 or
-    AMX), autocast bf16 is emulated: measured on this project's 2-core AMD EPYC (AVX2 only, torch 2.14),
-    a 512x512 matmul takes 1.6-2.3 ms in fp32 and 208-289 ms under ``torch.autocast("cpu", bfloat16)``,
-    93-161x slower (5 runs), so ``auto`` never picks it; ``bf16`` can still be asked for explicitly.
+    ``auto``: off on the CPU; on CUDA bf16 where the device supports it (fp32's range: no grad scaler, no
+    underflow), else fp16 with a grad scaler. The CPU is left in fp32 because a CPU without native bf16
+    matmul (no AVX512-BF16 or AMX) emulates it: on this project's 2-core AMD EPYC (AVX2 only, torch 2.14)
+    a 512x512 matmul took 1.6-2.3 ms in fp32 and 208-289 ms under ``torch.autocast("cpu", bfloat16)``
+    (5 runs); ``bf16`` can still be asked for explicitly. ``off`` is also spelt false, fp32 or none
+    (``config.AMP_ALIASES``).
     """
     if amp not in AMP_MODES:
         raise unknown("amp mode", amp, AMP_MODES, "train.amp")
     kind = torch.device(device).type
     if amp == "off" or (amp == "auto" and kind != "cuda"):
         return False, None
-    if amp == "bf16":
+    if amp == "bf16" or (amp == "auto" and torch.cuda.is_bf16_supported()):
         return True, torch.bfloat16
     if kind != "cuda":  # fp16 needs a GradScaler against underflowing gradients, and only CUDA has one here
         raise ConfigError(f"train.amp: fp16 needs a CUDA device (got {kind}); use bf16 or off")

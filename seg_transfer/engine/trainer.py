@@ -12,9 +12,9 @@ import os
 import platform
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence, Union
+from typing import Any, Callable, Generator, Optional, Sequence, Union, cast
 
 import numpy as np
 import torch
@@ -23,9 +23,11 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from ..config import Config, dump_config, to_dict
-from ..data.common import ImageDataset
+from ..data.common import DataSplits, ImageDataset
+from ..data.memory import DecodedDataset
 from ..data.registry import build_dataset
 from ..data.segmentation import binary_splits
+from ..data.split import limit_items
 from ..errors import SegTransferError
 from ..io import resolve_device, save_text
 from ..models import weights as W
@@ -47,6 +49,7 @@ from .precise_bn import recompute_bn_stats, trainable_bn
 from .report import write_report
 from .split_forward import forward_module
 from .tasks import Task, build_task
+from .tasks.base import BatchRecipe
 
 # train.lr_scaling: the factor applied to train.lr for a world of N processes (global batch N x batch_size)
 LR_SCALING: dict[str, Callable[[int], float]] = {"none": lambda n: 1.0, "linear": float, "sqrt": math.sqrt}
@@ -74,6 +77,44 @@ def use_channels_last(setting: Optional[bool], task: str, device: torch.device) 
     return setting
 
 
+def run_splits(cfg: Config) -> DataSplits:
+    """The data a run trains on: the config's dataset, read as a binary model reads it when the model is one
+    (one sigmoid channel: masks as background/foreground, 0/255 included)."""
+    splits = build_dataset(cfg.data)
+    return binary_splits(splits) if is_binary(cfg.model) else splits
+
+
+def limit_train(splits: DataSplits, n: Optional[int]) -> DataSplits:
+    """``train.limit_train``: ``n`` train items drawn with a fixed seed (not train.seed: runs that differ in
+    seed or recipe train on the same items, as cv's ``--limit-train`` keeps them paired); val untouched."""
+    keep = limit_items(range(len(splits.train)), n)
+    return splits if len(keep) == len(splits.train) else replace(splits, train=splits.train.take(keep))
+
+
+def model_block(cfg: Config, classes: Sequence[str], **weights: Optional[str]) -> dict[str, Any]:
+    """The ``model:`` block a run builds: the config's, with the data's class names (``weights``: overrides,
+    e.g. ``weights=None, backbone_weights=None`` for the architecture alone)."""
+    return {**to_dict(cfg.model), "classes": list(classes), "num_classes": None,
+            "binary": True if is_binary(cfg.model) else cfg.model.binary, **weights}
+
+
+def steps_per_epoch(train_items: int, batch_size: int, accumulate: int = 1, world: int = 1) -> int:
+    """Optimizer steps per epoch as train_epoch's loader makes them (it drops a last partial batch when there
+    is more than one batch), so that poly and cosine reach their end on the last step."""
+    per_rank = math.ceil(train_items / world)
+    batches = per_rank // batch_size if train_items > batch_size else math.ceil(per_rank / batch_size)
+    return max(1, math.ceil(batches / accumulate))
+
+
+def loader_workers(setting: Optional[int], device: torch.device) -> int:
+    """``train.workers``; None (auto): 0 on the CPU, where worker processes would share the cores the step
+    uses, and min(8, cores - 1) on CUDA, where decoding and augmenting one image at a time must keep up
+    with the GPU."""
+    if setting is not None:
+        return setting
+    return min(8, max(1, (os.cpu_count() or 2) - 1)) if device.type == "cuda" else 0
+
+
 class TrainingDiverged(SegTransferError):
     """The loss became NaN or infinite."""
 
@@ -99,31 +140,32 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
 
 class Trainer:
     """Build everything a config describes, then ``fit()``. ``command``: the argv that started the run
-    (``seg-transfer finetune ...``), recorded in run.json so the report can say how to reproduce it."""
+    (``seg-transfer finetune ...``), recorded in run.json so the report can say how to reproduce it.
+    ``show_transfer``: print the transfer report and freezing table at the start (cv: its first fold only;
+    the run folder keeps them either way)."""
 
     def __init__(self, cfg: Config, run_dir: Optional[Path] = None, resume: bool = False,
                  progress: bool = True, log: Optional[Callable[[str], None]] = None,
-                 command: Optional[Sequence[str]] = None) -> None:
+                 command: Optional[Sequence[str]] = None, show_transfer: bool = True) -> None:
         setup_start = time.perf_counter()
         t = cfg.train
         self.command = list(command) if command is not None else None
+        self.show_transfer = show_transfer
         self.cache_seconds = 0.0
         # Under torchrun: join the process group first, so rank-0-only logging and I/O know the rank.
-        self.device = D.setup(resolve_device(None if t.device == "auto" else t.device))
+        self.device = D.setup(resolve_device(None if t.device == "auto" else t.device, "train.device:"))
         self.cfg, self.resume, self.progress = cfg, resume, progress and D.is_main()
         # flush: a run logged to a file (nohup, CI) shows each epoch as it ends
         self.log = (log or (lambda msg: print(msg, flush=True))) if D.is_main() else (lambda _msg: None)
         seed_everything(t.seed, t.deterministic)
+        self.workers = loader_workers(t.workers, self.device)
         self.run_dir = Path(run_dir) if run_dir else Path(cfg.output.dir) / (cfg.output.name or _default_name(cfg))
 
-        splits = build_dataset(cfg.data)
-        binary = is_binary(cfg.model)
-        if binary:  # one sigmoid channel: masks read as background/foreground, 0/255 included
-            splits = binary_splits(splits)
+        splits = run_splits(cfg)
+        self.train_split = len(splits.train)  # before train.limit_train
+        splits = limit_train(splits, t.limit_train)
         self.classes, self.ignore_index = list(splits.classes), splits.ignore_index
-        model_cfg = {**to_dict(cfg.model), "classes": self.classes, "num_classes": None,
-                     "binary": True if binary else cfg.model.binary}
-        self.model = build(model_cfg)
+        self.model = build(model_block(cfg, self.classes))
         self.report = self._transfer_init()
         f = cfg.freeze
         self.freeze_state = apply_freeze(self.model, f.strategy, f.stages, f.unfreeze_from, f.bn)
@@ -143,18 +185,18 @@ class Trainer:
         # with the feature cache on, both become CachedFeatureDatasets (_build_caches)
         self.train_set: Union[D.EpochSeeded, CachedFeatureDataset]
         self.val_set: Union[ImageDataset, CachedFeatureDataset]
-        self.train_set = D.EpochSeeded(splits.train.with_transform(train_t), t.seed)
         self.val_set = self.val_images = splits.val.with_transform(val_t)
         self.collate = self.task.collate
         self.cached = self._use_cache()
+        # None: albumentations in the loader; else the built-in recipe on whole batches on the device
+        self.recipe = None if self.cached else self._batch_recipe(info.preprocess)
+        self.images = self._image_cache(splits.train)
+        self.train_set = D.EpochSeeded((self.images or splits.train).with_transform(train_t), t.seed)
+        self._loader: Optional[torch.utils.data.DataLoader] = None  # the persistent one, built on first use
         if self.cached:
             self._build_caches()
 
-        # optimizer steps per epoch as train_epoch's loader makes them (it drops a last partial batch), so
-        # poly and cosine reach their end on the last step
-        per_rank = math.ceil(len(self.train_set) / D.world_size())
-        batches = per_rank // t.batch_size if len(self.train_set) > t.batch_size else math.ceil(per_rank / t.batch_size)
-        self.steps_per_epoch = max(1, math.ceil(batches / t.accumulate))
+        self.steps_per_epoch = steps_per_epoch(len(self.train_set), t.batch_size, t.accumulate, D.world_size())
         self.lr = t.lr * LR_SCALING[t.lr_scaling](D.world_size())
         self.optimizer = build_optimizer(param_groups(self.model, self.lr, t.backbone_lr_mult), t.optimizer,
                                          lr=self.lr, momentum=t.momentum, weight_decay=t.weight_decay)
@@ -190,6 +232,31 @@ class Trainer:
                     self.log(f"class-aware init skipped: {err}")
         return report
 
+    def _batch_recipe(self, preprocess: Any) -> Optional[BatchRecipe]:
+        """``augment.backend``: device (the built-in recipe on whole batches on the training device), cpu
+        (albumentations per image in the loader), auto (device on CUDA where the recipe is a built-in one)."""
+        backend = self.cfg.augment.backend
+        if backend == "cpu" or (backend == "auto" and self.device.type != "cuda"):
+            return None
+        recipe = self.task.batch_recipe(self.cfg.augment, preprocess)
+        if recipe is None and backend == "device":
+            raise SegTransferError("augment.backend: device runs the built-in train recipes only, and this config "
+                                   "names its own augment.train steps; set augment.backend: cpu (or auto)")
+        return recipe
+
+    def _image_cache(self, train: ImageDataset) -> Optional[DecodedDataset]:
+        """``cache.images``: the train split decoded once (ram, or on the training device), at the size the
+        recipe starts from; the device recipe needs decoded images, so it turns the RAM cache on."""
+        c = self.cfg.cache
+        mode = c.images
+        if mode == "none" and self.recipe is not None:
+            mode = "ram"
+        if mode == "none" or self.cached:
+            return None
+        shorter = self.recipe.shorter if self.recipe is not None else None  # the CPU pipeline starts from the file
+        images = DecodedDataset(train, shorter, c.max_gb, progress=self.progress, log=self.log)
+        return images.to(self.device) if mode == "device" else images
+
     def _use_cache(self) -> bool:
         """The feature cache is on when asked, or by default when the backbone is wholly frozen for good."""
         wanted = self.cfg.cache.enabled
@@ -220,7 +287,7 @@ class Trainer:
         """Run the frozen backbone once per (train item, copy) and once per val item; epochs then train
         only the neck and head on the stored features."""
         c, t = self.cfg.cache, self.cfg.train
-        common: dict[str, Any] = dict(dtype=c.dtype, max_bytes=int(c.max_gb * 2**30), seed=t.seed, workers=t.workers,
+        common: dict[str, Any] = dict(dtype=c.dtype, max_bytes=int(c.max_gb * 2**30), seed=t.seed, workers=self.workers,
                                       progress=self.progress)
         start = time.perf_counter()
         assert isinstance(self.train_set, D.EpochSeeded)  # the image datasets: caches are built once
@@ -239,12 +306,13 @@ class Trainer:
     def _wrap(self) -> nn.Module:
         """The forward module, in DistributedDataParallel under torchrun. Frozen parameters stay out of its
         buckets (DDP skips parameters that need no gradient); every registered architecture puts each
-        trainable parameter in the loss, so ``find_unused_parameters`` stays off."""
+        trainable parameter in the loss, so ``find_unused_parameters`` stays off. ``train.compile``: the
+        result through ``torch.compile`` (the module's own weights: checkpoints keep their names)."""
         module = self._forward_module()
-        if not D.is_dist():
-            return module
-        ids = [self.device.index] if self.device.type == "cuda" else None
-        return DistributedDataParallel(module, device_ids=ids)
+        if D.is_dist():
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            module = DistributedDataParallel(module, device_ids=ids)
+        return cast(nn.Module, torch.compile(module)) if self.cfg.train.compile else module
 
     def train_loss(self, inputs: Any, targets: Any) -> torch.Tensor:
         """One batch's loss: the task runs the model on images, or its neck and head on cached features."""
@@ -263,22 +331,66 @@ class Trainer:
 
     # ----------------------------------------------------------------------------------- training
 
+    def train_loader(self, epoch: int) -> torch.utils.data.DataLoader:
+        """The albumentations path's loader for ``epoch``: with workers, one persistent loader for the run
+        (pinned memory on CUDA; the epoch travels with each index), else a new one per epoch."""
+        t = self.cfg.train
+        pin = self.device.type == "cuda"
+        if self._loader is None or not self._loader.persistent_workers:
+            self._loader = D.make_loader(self.train_set, t.batch_size, shuffle=True, seed=t.seed, epoch=epoch,
+                                         workers=self.workers, collate_fn=self.collate, pin_memory=pin,
+                                         drop_last=len(self.train_set) > t.batch_size, persistent=True)
+        sampler = self._loader.sampler
+        if isinstance(sampler, D.ShardSampler):
+            sampler.set_epoch(epoch)
+        return self._loader
+
+    def batches_per_epoch(self) -> int:
+        t = self.cfg.train
+        per_rank = math.ceil(len(self.train_set) / D.world_size())
+        return per_rank // t.batch_size if len(self.train_set) > t.batch_size else math.ceil(per_rank / t.batch_size)
+
+    def batches(self, epoch: int) -> Generator[tuple[Any, Any], None, None]:
+        """The epoch's training batches, on the device and augmented: the seam between the data and the step
+        (``train_epoch`` consumes it; benchmarks time it alone)."""
+        if self.recipe is None:
+            for inputs, targets in self.train_loader(epoch):
+                yield (to_device(inputs, self.device, self.channels_last),
+                       self.task.to_device(targets, self.device))
+            return
+        assert self.images is not None  # the device recipe reads decoded images (_image_cache)
+        t = self.cfg.train
+        order = list(D.ShardSampler(len(self.images), shuffle=True, seed=t.seed, epoch=epoch, rank=D.rank(),
+                                    world=D.world_size()))
+        # the recipe's random parameters: a function of (seed, epoch, rank), drawn on the CPU (any device alike)
+        generator = torch.Generator().manual_seed(D.item_seed(t.seed, epoch, D.rank(), copy=1))
+        pin = self.device.type == "cuda" and self.images.pixels.device.type == "cpu"
+        for b in range(self.batches_per_epoch()):
+            canvas = self.images.canvas(order[b * t.batch_size:(b + 1) * t.batch_size])
+            canvas = (canvas.pin_memory() if pin else canvas).to(self.device, non_blocking=pin)
+            inputs, targets = self.recipe.augment(canvas, generator)
+            if self.channels_last and isinstance(inputs, torch.Tensor):
+                inputs = inputs.contiguous(memory_format=torch.channels_last)
+            yield inputs, targets
+
     def train_epoch(self, epoch: int) -> float:
+        """One epoch of optimizer steps; its mean loss. ``self.data_seconds``: the time it waited for batches."""
         t = self.cfg.train
         # dropout etc.: a function of (seed, epoch, rank), for exact resume
         torch.manual_seed(t.seed * 1000 + epoch + 7919 * D.rank())
         self.model.train()
-        loader = D.make_loader(self.train_set, t.batch_size, shuffle=True, seed=t.seed, epoch=epoch,
-                               workers=t.workers, collate_fn=self.collate,
-                               drop_last=len(self.train_set) > t.batch_size)
+        n = self.batches_per_epoch()
         total, count = 0.0, 0
         window, window_items = 0.0, 0  # the loss since the last optimizer step, for the loggers
+        self.data_seconds = 0.0
         self.optimizer.zero_grad(set_to_none=True)
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{t.epochs}", unit="batch", leave=False,
-                   disable=not self.progress)
-        for step, (inputs, targets) in enumerate(bar):
-            inputs, targets = to_device(inputs, self.device, self.channels_last), self.task.to_device(targets, self.device)
-            update = (step + 1) % t.accumulate == 0 or step + 1 == len(loader)
+        bar = tqdm(total=n, desc=f"epoch {epoch + 1}/{t.epochs}", unit="batch", leave=False, disable=not self.progress)
+        batches = self.batches(epoch)
+        for step in range(n):
+            wait = time.perf_counter()
+            inputs, targets = next(batches)
+            self.data_seconds += time.perf_counter() - wait
+            update = (step + 1) % t.accumulate == 0 or step + 1 == n
             # Accumulating: gradients stay local until the step that updates (DDP's no_sync).
             sync = self.net.no_sync() if isinstance(self.net, DistributedDataParallel) and not update \
                 else contextlib.nullcontext()
@@ -307,9 +419,17 @@ class Trainer:
                 # the loss: rank 0's own batches (no per-step reduction across ranks), the epoch figures are global
                 self.loggers.step(self.scheduler.last_epoch, {"train/loss": window / max(window_items, 1), **lrs})
                 window, window_items = 0.0, 0
+            bar.update()
             bar.set_postfix(loss=f"{total / count:.4f}")
+        bar.close()
+        batches.close()
         loss_sum, items = D.all_sum(total, count)  # every rank's items: the epoch's mean loss
         return loss_sum / max(items, 1)
+
+    def _trained_lr(self) -> float:
+        """The first param group's LR at the last optimizer step: the scheduler has stepped past it already
+        (at the end of a poly or cosine run to 0, an LR no step used)."""
+        return float(self.scheduler.base_lrs[0]) * self.scheduler.factor(self.scheduler.last_epoch - 1)
 
     def precise_bn(self, epoch: int) -> int:
         """``train.precise_bn``: BatchNorm statistics recomputed over that many train batches (fixed
@@ -319,7 +439,7 @@ class Trainer:
             return 0
         t = self.cfg.train
         loader = D.make_loader(self.train_set, t.batch_size, shuffle=True, seed=t.seed + 1, epoch=epoch,
-                               workers=t.workers, collate_fn=self.collate, drop_last=len(self.train_set) > t.batch_size)
+                               workers=self.workers, collate_fn=self.collate, drop_last=len(self.train_set) > t.batch_size)
 
         # The unwrapped module: DDP would overwrite every rank's statistics with rank 0's at each forward.
         forward = self._forward_module()
@@ -376,11 +496,11 @@ class Trainer:
             train_loss = self.train_epoch(epoch)
             if not self._evaluates(epoch):
                 took = time.perf_counter() - start
-                row = {"epoch": epoch + 1, "train_loss": train_loss, "lr": self.optimizer.param_groups[0]["lr"],
-                       "seconds": took, "train_seconds": took}
+                row = {"epoch": epoch + 1, "train_loss": train_loss, "lr": self._trained_lr(),
+                       "seconds": took, "train_seconds": took, "data_seconds": self.data_seconds}
                 self.history.append(row)
                 self.log(f"epoch {epoch + 1}/{t.epochs}  train_loss {train_loss:.4f}  lr {row['lr']:.2e}  "
-                         f"{row['seconds']:.1f}s  (no evaluation: train.val_interval {t.val_interval})")
+                         f"{row['seconds']:.1f}s{_data_share(row)}  (no evaluation: train.val_interval {t.val_interval})")
                 if D.is_main():
                     self._save_info_and_last(epoch, {})
                 continue
@@ -389,8 +509,8 @@ class Trainer:
             val_loss, metrics, meter = self.evaluate()
             now = time.perf_counter()
             row = {"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val_loss, **self.task.row(metrics),
-                   "lr": self.optimizer.param_groups[0]["lr"], "seconds": now - start,
-                   "train_seconds": trained - start, "eval_seconds": now - trained}
+                   "lr": self._trained_lr(), "seconds": now - start, "train_seconds": trained - start,
+                   "data_seconds": self.data_seconds, "eval_seconds": now - trained}
             self.history.append(row)
             score = float(metrics[key])
             improved = score > self.best
@@ -399,7 +519,7 @@ class Trainer:
             else:
                 stale += 1
             self.log(f"epoch {epoch + 1}/{t.epochs}  train_loss {train_loss:.4f}  val_loss {val_loss:.4f}  "
-                     f"{self.task.summary(metrics)}  lr {row['lr']:.2e}  {row['seconds']:.1f}s"
+                     f"{self.task.summary(metrics)}  lr {row['lr']:.2e}  {row['seconds']:.1f}s{_data_share(row)}"
                      + ("  *best*" if improved else ""))
             if D.is_main():
                 self._write_epoch(epoch, metrics, improved, meter)
@@ -420,16 +540,19 @@ class Trainer:
 
     def _print_start(self) -> None:
         self.log(f"run folder: {self.run_dir}")
-        self.log(f"data: {len(self.train_set)} train / {len(self.val_set)} val images, "
+        limited = (f" (train.limit_train: a fixed subset of {self.train_split})"
+                   if len(self.train_set) < self.train_split else "")
+        self.log(f"data: {len(self.train_set)} train{limited} / {len(self.val_set)} val images, "
                  f"{len(self.classes)} classes; device {self.device}")
         t, world = self.cfg.train, D.world_size()
         if world > 1:
             self.log(f"distributed: {world} processes ({D.backend()}); batch {t.batch_size} per process x {world} "
                      f"x accumulate {t.accumulate} = {t.batch_size * world * t.accumulate} per step; "
                      f"lr {t.lr:g} x {LR_SCALING[t.lr_scaling](world):g} (train.lr_scaling: {t.lr_scaling}) = {self.lr:g}")
-        if self.report is not None:
-            self.log(self.report.format())
-        self.log(freeze_table(self.model))
+        if self.show_transfer:
+            if self.report is not None:
+                self.log(self.report.format())
+            self.log(freeze_table(self.model))
 
     def _start_run_info(self) -> dict[str, Any]:
         """run.json's start: how the run was started, on what, and what was frozen. A resumed run keeps
@@ -448,6 +571,8 @@ class Trainer:
                 "task": self.task.name, "metric": self.task.main_metric, "metric_label": self.task.metric_label,
                 "image_score": self.task.image_score, "classes": self.classes,
                 "images": {"train": len(self.train_set), "val": len(self.val_set)},
+                # train.limit_train (in config.yaml too): how many of the train split's items were kept
+                "limit_train": {"kept": len(self.train_set), "of": self.train_split} if self.cfg.train.limit_train else None,
                 "freeze": {"strategy": self.cfg.freeze.strategy,
                            "parts": {p: {"trainable": a, "frozen": b} for p, (a, b) in counts.items()},
                            "bn_held_in_eval": held, "table": freeze_table(self.model)},
@@ -515,6 +640,11 @@ class Trainer:
         self.start_epoch, self.best, self.best_epoch = ckpt["epoch"], ckpt["best_metric"], ckpt["best_epoch"]
         self.history[:] = ckpt["history"]
         self.log(f"resumed from {path} at epoch {self.start_epoch}")
+
+
+def _data_share(row: dict[str, float]) -> str:
+    """' (data 12%)': the share of the epoch's training time spent waiting for batches (a starved device)."""
+    return f" (data {row['data_seconds'] / row['train_seconds']:.0%})" if row.get("train_seconds") else ""
 
 
 def _default_name(cfg: Config) -> str:

@@ -23,6 +23,7 @@ import torchvision
 from torch import nn
 from torchvision.models import WeightsEnum
 
+from ..config import is_local_spec
 from ..errors import ConfigError, SegTransferError, WeightsUnavailableError, unknown
 from ..io import atomic_path
 
@@ -49,11 +50,6 @@ def entry_name(weights: WeightsEnum) -> str:
 def weights_enum(model: str) -> type[WeightsEnum]:
     """The torchvision weights enum of builder ``model`` (``'fcn_resnet50'``)."""
     return torchvision.models.get_model_weights(model)
-
-
-def is_local_spec(spec: Spec) -> bool:
-    return spec is not None and (isinstance(spec, os.PathLike)
-                                 or str(spec).endswith((".pth", ".pt")) or os.sep in str(spec))
 
 
 def resolve(model: str, spec: Spec, key: str = "weights",

@@ -47,6 +47,18 @@ class ModelMeta:
                    bool(meta.get("binary", False)))
 
 
+def _first_line(err: Exception) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0][:200] if text else type(err).__name__
+
+
+def runtime_failure(backend: str, path: Union[str, os.PathLike], shape: Sequence[int], err: Exception) -> ConfigError:
+    """A runtime's failure on an exported file as one line: which file, which input size, the runtime's
+    own first line (its messages run to a C++ source path and a stack)."""
+    return ConfigError(f"{path}: {backend} failed on a {'x'.join(map(str, shape))} input: {_first_line(err)} "
+                       "(a file exported by an older seg_transfer may need `seg-transfer export` again)")
+
+
 class Runner:
     """A model behind one call: ``runner(batch)`` -> the task's raw outputs, on the CPU for files."""
 
@@ -93,7 +105,10 @@ def _jit_load(path: Union[str, os.PathLike], device: torch.device) -> tuple[Any,
     extra = {f"{META_KEY}.json": ""}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
-        module = torch.jit.load(str(path), map_location=device, _extra_files=extra)
+        try:
+            module = torch.jit.load(str(path), map_location=device, _extra_files=extra)
+        except RuntimeError as err:
+            raise ConfigError(f"--model-file {path}: not a readable TorchScript file ({_first_line(err)})") from None
     return module, extra[f"{META_KEY}.json"]
 
 
@@ -135,14 +150,25 @@ class OnnxRunner(Runner):
             if "CUDAExecutionProvider" not in ort.get_available_providers():
                 raise ConfigError("--backend onnxruntime --device cuda needs onnxruntime-gpu (pip install onnxruntime-gpu)")
             providers.insert(0, "CUDAExecutionProvider")
-        self.session = ort.InferenceSession(str(path), options, providers=providers)
+        try:
+            self.session = ort.InferenceSession(str(path), options, providers=providers)
+        except Exception as err:  # noqa: BLE001 - onnxruntime's InvalidProtobuf/Fail are not importable types
+            raise ConfigError(f"--model-file {path}: onnxruntime cannot read it ({_first_line(err)}): is it an "
+                              "ONNX file from `seg-transfer export`?") from None
         self.meta = ModelMeta.from_dict(read_metadata(self.session.get_modelmeta().custom_metadata_map, str(path)))
+        self.path = path
+
+    def _run(self, x: torch.Tensor) -> list[Any]:
+        try:
+            return self.session.run(None, {"input": x.cpu().numpy()})
+        except Exception as err:  # noqa: BLE001 - onnxruntime raises its own untyped Fail/RuntimeException
+            raise runtime_failure(self.backend, self.path, x.shape, err) from None
 
     def __call__(self, batch: Batch) -> Any:
         if self.meta.task == "detection":
-            return [_detections(self.session.run(None, {"input": x.cpu().numpy()})) for x in batch]
+            return [_detections(self._run(x)) for x in batch]
         assert isinstance(batch, torch.Tensor)
-        return torch.from_numpy(self.session.run(None, {"input": batch.cpu().numpy()})[0])
+        return torch.from_numpy(self._run(batch)[0])
 
 
 class OpenVinoRunner(Runner):
@@ -153,24 +179,29 @@ class OpenVinoRunner(Runner):
     def __init__(self, path: Union[str, os.PathLike], device: torch.device = CPU,
                  threads: int = 0):
         ov = requires("openvino", "openvino")
-        onnx = requires("onnx", "onnx")
+        requires("onnx", "onnx")  # the metadata is read with it: fail early, naming the extra
         if device.type != "cpu":
             raise ConfigError("--backend openvino runs on the CPU here (use --device cpu)")
-        props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
-        self.meta = ModelMeta.from_dict(read_metadata(props, str(path)))
+        self.meta = ModelMeta.from_dict(_onnx_metadata(path))
         core = ov.Core()
         # f32 explicitly: OpenVINO picks bf16 on CPUs that report it, which here is emulated (slow) and
         # moved 22% of a stand-in's argmax pixels
         config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32",
                   "INFERENCE_NUM_THREADS": threads or torch.get_num_threads()}
         self.compiled = core.compile_model(core.read_model(str(path)), "CPU", config)
+        self.path = path
+
+    def _run(self, x: torch.Tensor) -> list[Any]:
+        try:
+            return list(self.compiled(x.cpu().numpy()).values())
+        except Exception as err:  # noqa: BLE001 - OpenVINO raises a bare RuntimeError with its C++ trace
+            raise runtime_failure(self.backend, self.path, x.shape, err) from None
 
     def __call__(self, batch: Batch) -> Any:
         if self.meta.task == "detection":
-            return [_detections(list(self.compiled(x.cpu().numpy()).values()))
-                    for x in batch]
+            return [_detections(self._run(x)) for x in batch]
         assert isinstance(batch, torch.Tensor)
-        return torch.from_numpy(np.asarray(self.compiled(batch.cpu().numpy())[0]))
+        return torch.from_numpy(np.asarray(self._run(batch)[0]))
 
 
 def load_model_file(path: Union[str, os.PathLike], backend: str = "", device: torch.device = CPU
@@ -211,9 +242,17 @@ def file_metadata(path: Union[str, os.PathLike]) -> dict[str, Any]:
     if path.suffix == FORMATS["torchscript"]:
         _, meta = _jit_load(path, CPU)
         return read_metadata({META_KEY: meta} if meta else {}, str(path))
+    return _onnx_metadata(path)
+
+
+def _onnx_metadata(path: Union[str, os.PathLike]) -> dict[str, Any]:
+    """The metadata of an ONNX file, checked; a file that is not ONNX is one ConfigError naming it."""
     onnx = requires("onnx", "onnx")
-    return read_metadata({p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props},
-                         str(path))
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception as err:  # noqa: BLE001 - protobuf's DecodeError and onnx's own errors alike
+        raise ConfigError(f"--model-file {path}: not a readable ONNX file ({_first_line(err)})") from None
+    return read_metadata({p.key: p.value for p in proto.metadata_props}, str(path))
 
 
 __all__ = ["BACKENDS", "ModelMeta", "OnnxRunner", "OpenVinoRunner", "Runner", "TorchRunner", "TorchScriptRunner",

@@ -32,6 +32,12 @@ DEFAULT_OPSET = 18
 OUTPUTS = {"segmentation": ["logits"], "classification": ["logits"], "detection": ["boxes", "labels", "scores"]}
 # Example input size when the preprocessing does not fix one (segmentation, detection without resize).
 SAMPLE_SIZE = 320
+# A dynamic-size export generalises from its example: where two feature maps of the example happen to have
+# equal sizes (an FPN adds a lateral map to the upsampled coarser one), the exporter may take the equality
+# for a rule, and the graph then fails on sizes where it does not hold (ceil(h/4) odd: "125 by 126").
+# An example whose side is 1 more than a multiple of the largest stride is odd at every level below it, so
+# no such equality holds by accident.
+MAX_STRIDE = 32
 
 
 def requires(module: str, extra: str) -> Any:
@@ -90,12 +96,20 @@ def graph_module(model: nn.Module) -> nn.Module:
     return model
 
 
-def sample_input(model: nn.Module) -> torch.Tensor:
-    """A preprocessed example input of the size the model is used at."""
+def odd_size(size: int) -> int:
+    """``size`` moved to the nearest ``MAX_STRIDE * k + 1`` (odd at every stride up to MAX_STRIDE)."""
+    return max(1, round((size - 1) / MAX_STRIDE)) * MAX_STRIDE + 1
+
+
+def sample_input(model: nn.Module, dynamic: bool = False) -> torch.Tensor:
+    """A preprocessed example input of the size the model is used at; ``dynamic`` (segmentation): moved to
+    sizes odd at every stride, so that a dynamic-size export holds for every input size (``MAX_STRIDE``)."""
     info = model_info(model)
     pre = info.preprocess
     size = pre.crop_size or pre.resize_size or SAMPLE_SIZE
     h, w = size, size if info.task == "classification" else size * 4 // 3
+    if dynamic and info.task == "segmentation":
+        h, w = odd_size(h), odd_size(w)
     x = torch.rand(3, h, w, device=next(model.parameters()).device)
     return x if info.task == "detection" else x[None]
 
@@ -120,7 +134,7 @@ def export_bytes(model: nn.Module, fmt: str, *, opset: int = DEFAULT_OPSET, dyna
     """The exported file's bytes (``model`` in eval mode, on the CPU)."""
     meta = metadata(model)
     graph = graph_module(model)
-    x = sample_input(model)
+    x = sample_input(model, dynamic=dynamic and fmt == "onnx")
     with warnings.catch_warnings():
         # tracing warns about every shape read it records as a constant; the parity tests are the check
         warnings.simplefilter("ignore")

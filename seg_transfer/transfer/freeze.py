@@ -14,11 +14,12 @@ from typing import Any, Iterable, Optional, Union, cast
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from ..config import FREEZE_STRATEGIES
 from ..errors import ConfigError, unknown
 from ..models.detection import is_detector
 from ..models.stages import check_stages, stage_modules
 
-STRATEGIES = ("feature_extraction", "partial", "full")
+STRATEGIES = FREEZE_STRATEGIES  # declared with the config field
 # Names of the parts outside the backbone, as freeze_table and the transfer report show them.
 PART_NAMES = {"classifier": "head", "aux_classifier": "aux",
               # torchvision classifiers (ResNet, Inception v3): their classifier layers

@@ -6,6 +6,7 @@ import pytest
 from PIL import Image
 
 from seg_transfer.data import DataError, build_folder, check_dataset, label_frequencies
+from seg_transfer.data.checks import scan_dataset
 
 from . import CLASSES, FLAT, H, W, folder, make_folder, pair, save
 
@@ -94,3 +95,76 @@ def test_a_slow_check_shows_a_bar_with_count_and_estimate_a_fast_one_stays_quiet
     check_dataset(folder(root))
     err = capsys.readouterr().err
     assert "data check:" in err and "6/6" in err and "<" in err  # count, and elapsed<remaining
+
+
+# ------------------------------------------------------------- splits labelled with too few classes to learn
+def test_zero_255_masks_under_a_many_class_config_are_an_error_naming_the_setting(root):
+    """255 is the ignore value: a 0/255 mask leaves class 0 as the only label, which trains nothing."""
+    for name in FLAT:
+        save(root / "masks" / f"{name}.png", np.where(pair(int(name[1:]))[1] > 0, 255, 0).astype(np.uint8))
+    scan = scan_dataset(folder(root), progress=False)
+    errors = [p for p in scan.problems if p.severity == "error"]
+    assert {(p.kind, p.path) for p in errors} == {("too_few_classes", "train"), ("too_few_classes", "val")}
+    message = errors[0].message
+    assert "only class 0 'background' labelled" in message and "ignore value 255" in message
+    assert "model.binary: true" in message and "data.label_map {255: 1}" in message
+    # read as a binary model reads them, the same masks are fine
+    assert check_dataset(build_folder(root, classes=["background", "car"], val_ratio=0.5), binary=True) == []
+
+
+def test_a_split_with_nothing_labelled_is_an_error(root):
+    for name in FLAT:
+        save(root / "masks" / f"{name}.png", np.full((H, W), 255, np.uint8))
+    problems = check_dataset(folder(root), progress=False)
+    assert {p.kind for p in problems if p.severity == "error"} == {"too_few_classes"}
+    assert "no labelled pixels" in problems[-1].message
+
+
+def test_summary_says_what_each_split_holds(root):
+    scan = scan_dataset(folder(root), progress=False)
+    assert scan.problems == []
+    assert scan.summary() == (f"scanned train: 3 images, {3 * H * W} labelled pixels of 3 classes; "
+                              f"val: 3 images, {3 * H * W} labelled pixels of 3 classes")
+
+
+def test_box_data_without_label_files_is_an_error_worded_for_boxes(tmp_path):
+    """A YOLO folder of images whose label files are missing: every image is background."""
+    from .tool_files import image
+
+    for k in range(4):
+        save(tmp_path / "images" / f"img{k}.png", image(k))
+    (tmp_path / "classes.txt").write_text("cat\ndog\n")
+    scan = scan_dataset({"format": "yolo", "root": str(tmp_path), "val_ratio": 0.5}, progress=False)
+    kinds = {(p.kind, p.severity) for p in scan.problems}
+    assert kinds == {("too_few_classes", "error"), ("absent_class", "warning")}
+    assert all("mask" not in p.message for p in scan.problems)
+    assert any("no boxes: every image is background" in p.message for p in scan.problems)
+    assert scan.summary() == "scanned train: 2 images, 0 boxes of 0 classes; val: 2 images, 0 boxes of 0 classes"
+
+
+def test_box_data_absent_class_is_worded_for_boxes(tmp_path):
+    from .tool_files import image, yolo_line
+
+    for k in range(4):
+        save(tmp_path / "images" / f"img{k}.png", image(k))
+        (tmp_path / "labels").mkdir(exist_ok=True)
+        (tmp_path / "labels" / f"img{k}.txt").write_text(yolo_line(0, (1, 1, 9, 9)) + "\n")
+    (tmp_path / "classes.txt").write_text("cat\ndog\n")
+    problems = check_dataset({"format": "yolo", "root": str(tmp_path), "val_ratio": 0.5}, progress=False)
+    assert [(p.kind, p.message) for p in problems] == [("absent_class", "class 2 'dog' appears in no box of train or val")]
+
+
+def test_a_one_class_classification_split_is_an_error(tmp_path):
+    from engine.synthetic_classes import make_classes
+
+    make_classes(tmp_path, n=4)
+    problems = check_dataset({"format": "imagefolder", "root": str(tmp_path), "classes": ["horizontal", "vertical"],
+                              "val_ratio": 0.5}, progress=False)
+    assert problems == []
+    import shutil
+    shutil.rmtree(tmp_path / "vertical")
+    (tmp_path / "vertical").mkdir()
+    problems = check_dataset({"format": "imagefolder", "root": str(tmp_path), "classes": ["horizontal", "vertical"],
+                              "val_ratio": 0.5}, progress=False)
+    errors = [p for p in problems if p.kind == "too_few_classes"]
+    assert errors and "all of class 0 'horizontal'" in errors[0].message

@@ -62,3 +62,34 @@ def test_image_and_mask_reading_follow_exif_orientation(tmp_path):
         image_file_shape(tmp_path / "bad.png")
     with pytest.raises(DataError, match=f"^mask {tmp_path / 'bad.png'}"):
         read_mask(tmp_path / "bad.png")
+
+
+def test_take_keeps_the_chosen_items_of_each_task_dataset(tmp_path):
+    """``ImageDataset.take`` (train.limit_train's subset): items ``indices`` only, in that order, each with its
+    own label; the dataset it came from is unchanged."""
+    import numpy as np
+
+    from seg_transfer.data import build_dataset
+
+    from . import CLASSES, make_folder
+    from .synthetic_boxes import voc_tree, xml
+
+    make_folder(tmp_path / "seg", ["a", "b", "c", "d"])
+    voc_tree(tmp_path / "boxes", {n: xml([("cat", (1, 1, 5 + k, 9))]) for k, n in enumerate("abcde")})
+    for k, name in enumerate("abcd"):
+        save(tmp_path / "cls" / ("ants" if k % 2 else "bees") / f"{name}.png", pair(k)[0])
+    datasets = [build_dataset({"format": "folder", "root": str(tmp_path / "seg"), "classes": CLASSES, "split": "all"}),
+                build_dataset({"format": "voc_boxes", "root": str(tmp_path / "boxes"), "classes": ["cat"]}),
+                build_dataset({"format": "imagefolder", "root": str(tmp_path / "cls"), "split": "all"})]
+    for splits in datasets:
+        whole = splits.train
+        part = whole.take([3, 0])
+        assert len(part) == 2 and len(whole) == 4 and type(part) is type(whole)
+        assert part.names == [whole.names[3], whole.names[0]]
+        for j, i in enumerate([3, 0]):
+            (a, label_a), (b, label_b) = part.read(j), whole.read(i)
+            assert np.array_equal(a, b)
+            if isinstance(label_a, dict):
+                assert all(np.array_equal(label_a[k], label_b[k]) for k in label_a)
+            else:
+                assert np.array_equal(label_a, label_b)

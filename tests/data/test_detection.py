@@ -48,11 +48,13 @@ def test_bad_boxes_drop_turns_geometry_into_warnings_and_drops_the_box(tmp_path)
     # unknown classes stay errors: a typo in classes must not silently drop a class
     root2 = voc_tree(tmp_path / "2", {"a": xml([("horse", (1, 1, 9, 9))]), "b": xml([])})
     problems = check_dataset({"format": "voc_boxes", "root": str(root2), "classes": CLASSES, "bad_boxes": "drop"})
-    assert [(p.kind, p.severity) for p in problems if p.kind != "absent_class"] == [("unknown_class", "error")]
+    # (b, alone in its split, has no box: a split of background only is an error of its own)
+    assert [(p.kind, p.severity) for p in problems if p.kind != "absent_class"] == [
+        ("unknown_class", "error"), ("too_few_classes", "error")]
 
 
 def test_absent_class_warning_counts_boxes(tmp_path):
-    root = voc_tree(tmp_path, {"a": xml([("cat", (1, 1, 9, 9))]), "b": xml([])})
+    root = voc_tree(tmp_path, {"c": xml([]), "a": xml([("cat", (1, 1, 9, 9))]), "b": xml([("cat", (2, 2, 9, 9))])})
     problems = check_dataset({"format": "voc_boxes", "root": str(root), "classes": CLASSES})
     assert [(p.kind, p.severity, p.path) for p in problems] == [("absent_class", "warning", "dog")]
 

@@ -58,7 +58,8 @@ def test_group_split_errors_name_the_problem():
         split_names([*NAMES, "other.png"], group_regex=REGEX)
     with pytest.raises(ConfigError, match="capturing group"):
         split_names(NAMES, group_regex=r"^\w+_")
-    with pytest.raises(ConfigError, match="val_groups is only used with split: group"):
+    with pytest.raises(ConfigError, match=r"data.val_groups is only used with data.split: group, but the split "
+                                          r"is ratio \(data.split: ratio\); set data.val_groups: null"):
         split_names(NAMES, split="ratio", val_groups=["0016E5"])
     with pytest.raises(ConfigError, match="needs group_regex"):
         split_names(NAMES, split="group")
@@ -75,6 +76,41 @@ def test_list_split_reads_names_and_pair_lines(tmp_path):
     assert len(train) == len(NAMES) - 2 and not set(train) & set(val)
     train, val = split_names(NAMES, train_list="train.txt", val_list="val.txt", root=tmp_path)
     assert picked(train) == {"0001TP_000000.png"} and len(val) == 2
+
+
+def test_list_files_under_a_group_config_name_the_keys_to_set_and_why(tmp_path):
+    """CamVid's config picks the group split with group_regex + val_groups; adding list files names every
+    key (dotted, as in the YAML) and says the split was chosen by those keys, not by a data.split."""
+    (tmp_path / "train.txt").write_text("0001TP_000000\n")
+    (tmp_path / "val.txt").write_text("0006R0_000000\n")
+    group = {"group_regex": REGEX, "val_groups": ["0016E5"]}
+    with pytest.raises(ConfigError) as err:
+        split_names(NAMES, train_list="train.txt", root=tmp_path, **group)
+    assert str(err.value) == (
+        "data.train_list is only used with data.split: list, but the split is group (data.split is not set, "
+        "so data.val_groups, data.group_regex chose it); to use data.train_list set data.split: list, "
+        "data.val_groups: null, data.group_regex: null; or set data.train_list: null")
+    # data.split: list alone: the group keys are named in turn
+    with pytest.raises(ConfigError, match=r"^data.val_groups, data.group_regex are only used with data.split: "
+                                          r"group, but the split is list \(data.split: list\); set "
+                                          r"data.val_groups: null, data.group_regex: null, or change data.split$"):
+        split_names(NAMES, split="list", train_list="train.txt", root=tmp_path, **group)
+    # what the message says to set works
+    train, val = split_names(NAMES, split="list", train_list="train.txt", val_list="val.txt", root=tmp_path,
+                             group_regex=None, val_groups=None)
+    assert picked(train) == {"0001TP_000000.png"} and picked(val) == {"0006R0_000000.png"}
+
+
+def test_limit_items_is_a_fixed_seeded_subset():
+    from seg_transfer.data.split import limit_items
+
+    items = list(range(10, 40))
+    kept = limit_items(items, 7)
+    assert len(kept) == 7 and kept == sorted(kept) and set(kept) <= set(items)
+    assert limit_items(items, 7) == kept and limit_items(items, 7, seed=1) != kept  # the seed decides, nothing else
+    assert limit_items(items, None) == items == limit_items(items, 30) == limit_items(items, 99)
+    with pytest.raises(ConfigError, match="--limit-train: expected a positive number of items, got 0"):
+        limit_items(items, 0)
 
 
 def test_list_split_reports_unknown_names_and_missing_files(tmp_path):

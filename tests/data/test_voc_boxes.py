@@ -30,8 +30,8 @@ def test_voc_boxes_reads_boxes_labels_and_lists(tmp_path):
 
 
 def test_voc_boxes_images_without_objects_are_allowed(tmp_path):
-    root = voc_tree(tmp_path, {"a": xml([]), "b": None, "c": xml([("dog", (1, 1, 9, 9)), ("cat", (2, 2, 8, 8))])},
-                    train=["a", "b"], val=["c"])
+    root = voc_tree(tmp_path, {"a": xml([]), "b": None, "c": xml([("dog", (1, 1, 9, 9)), ("cat", (2, 2, 8, 8))]),
+                               "d": xml([("cat", (1, 1, 5, 5))])}, train=["a", "b", "d"], val=["c"])
     splits = voc(root)
     for i in range(2):
         _, target = splits.train[i]

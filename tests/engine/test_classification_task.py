@@ -55,6 +55,17 @@ def test_meter_counts_top_k():
     assert m["accuracy"] == pytest.approx(1 / 3) and m["top2"] == pytest.approx(2 / 3)
 
 
+def test_top_k_left_out_when_k_covers_every_class():
+    """With k >= the number of classes every label is in the top k: a column of 1.0 that says nothing."""
+    logits = torch.tensor([[0.2, 0.8], [0.9, 0.1]])
+    meter = ClassificationMeter(2, 5)
+    meter.update(logits, torch.tensor([0, 0]))
+    m = meter.reduce().compute()
+    assert m["accuracy"] == 0.5 and not [k for k in m if k.startswith("top")]
+    assert "top2" not in classification_metrics(torch.eye(2, dtype=torch.int64), torch.tensor([2, 2]), 2)
+    assert "top5" in ClassificationMeter(6, 5).compute()
+
+
 @pytest.mark.slow
 def test_learns_synthetic_two_classes(data_root, tmp_path, one_thread):
     """Random-init ResNet-18, 32x32 images: horizontal vs vertical stripes learned to >= 90% val accuracy."""
@@ -101,21 +112,27 @@ def test_cached_linear_probe_equals_uncached(data_root, tmp_path, one_thread):
 
 
 def test_run_outputs_evaluate_and_resume(data_root, tmp_path, one_thread):
-    Trainer(_config(data_root, tmp_path, train={"epochs": 1}), progress=False, log=lambda _: None).fit()
+    lines: list[str] = []
+    trainer = Trainer(_config(data_root, tmp_path, train={"epochs": 1}), progress=False, log=lines.append)
+    assert trainer.task.fields == ("accuracy", "macro_f1")  # two classes: no top-k column
+    trainer.fit()
+    epoch = next(s for s in lines if s.startswith("epoch 1/1"))
+    assert "  acc " in epoch and "  macro_f1 " in epoch and "top" not in epoch
     cfg = _config(data_root, tmp_path, train={"epochs": 2})
     run = tmp_path / "run"
     for name in ("config.yaml", "metrics.csv", "curves.png", "predictions.png", "last.pt", "best.pt",
                  "val_metrics_last.json"):
         assert (run / name).is_file(), name
     with open(run / "metrics.csv") as f:
-        assert list(csv.DictReader(f).fieldnames) == ["epoch", "train_loss", "val_loss", "accuracy", "top2",
-                                                       "macro_f1", "lr", "seconds"]
+        assert list(csv.DictReader(f).fieldnames) == ["epoch", "train_loss", "val_loss", "accuracy", "macro_f1",
+                                                       "lr", "seconds", "data_seconds"]
     report = evaluate_checkpoint(cfg, run / "best.pt", out_dir=str(tmp_path / "eval"), progress=False)
     assert report["files"] == ["metrics.json", "config.yaml", "confusion.png", "predictions_best_worst.png",
                                "report.html", "run.json"]
     assert all((tmp_path / "eval" / name).is_file() for name in report["files"])
     assert report["images"] == 12 and sum(map(sum, report["confusion"])) == 12
     assert report["summary"][0].startswith("acc ") and "precision" in report["summary"][1]
+    assert "top" not in report["summary"][0] and "top2" not in report
     resumed = Trainer(cfg, run_dir=run, resume=True, progress=False, log=lambda _: None)
     assert resumed.start_epoch == 1
     result = resumed.fit()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -102,7 +103,8 @@ def test_compare_refuses_recipes_on_different_data(seg_root, tmp_path):
                     runner=lr_runner(), log=lambda _m: None)
 
 
-def test_cli_compare_prints_the_verdict(seg_root, tmp_path, monkeypatch, capsys):
+def lr_config_files(seg_root, tmp_path) -> list[str]:
+    """Two config files on the same grouped data, A at lr 0 (learns nothing), B at lr 0.01."""
     from engine.synthetic import config
 
     paths = []
@@ -110,12 +112,29 @@ def test_cli_compare_prints_the_verdict(seg_root, tmp_path, monkeypatch, capsys)
         path = tmp_path / f"{name}.yaml"
         path.write_text(json.dumps(config(seg_root, tmp_path, data={"group_regex": GROUPS}, train={"lr": lr})))
         paths.append(str(path))
+    return paths
+
+
+def test_cli_compare_prints_the_verdict(seg_root, tmp_path, monkeypatch, capsys):
+    paths = lr_config_files(seg_root, tmp_path)
     monkeypatch.setattr(compare, "engine_runner", lambda progress, log: lr_runner())
     assert cli.main(["compare", *paths, "train.epochs=1", "--folds", "2", "--out", str(tmp_path / "o"), "-q"]) == 0
     out = capsys.readouterr().out
     assert f"A = {paths[0]}, B = {paths[1]}: B better by 20.0" in out and "compare.json" in out
     assert out.count("\nmean +- std") == 2  # both cross-validation tables
     assert json.loads((tmp_path / "o" / "compare.json").read_text())["overrides"] == ["train.epochs=1"]
+
+
+def test_cli_compare_quiet_prints_one_line_per_finished_run(seg_root, tmp_path, monkeypatch, capsys):
+    """-q: each finished run as one line (recipe, fold, seed, main metric, time), then the tables and verdict."""
+    paths = lr_config_files(seg_root, tmp_path)
+    monkeypatch.setattr(compare, "engine_runner", lambda progress, log: lr_runner())
+    assert cli.main(["compare", *paths, "--folds", "2", "--out", str(tmp_path / "o"), "-q"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert all(re.search(r" in \d+s$", line) for line in out[:4]) and out[4] == ""
+    assert [line.rsplit(" in ", 1)[0] for line in out[:4]] == [
+        "A (a.yaml): fold 1/2 seed 0: mIoU 0.6000", "B (b.yaml): fold 1/2 seed 0: mIoU 0.8000",
+        "A (a.yaml): fold 2/2 seed 0: mIoU 0.3000", "B (b.yaml): fold 2/2 seed 0: mIoU 0.5000"]
 
 
 # ---------------------------------------------------------------------------------- the real engine

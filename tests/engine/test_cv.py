@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -167,6 +168,43 @@ def test_cli_cv_writes_the_summary_and_reports_failures(seg_root, tmp_path, monk
     assert cli.main(["cv", str(path), "--folds", "3", "--out", str(tmp_path / "p"), "-q"]) == 0
     assert cli.main(["cv", str(path), "--folds", "9", "--out", str(tmp_path / "q"), "-q"]) == 2
     assert "group_regex finds only 4 groups" in capsys.readouterr().err
+
+
+def test_cli_cv_quiet_prints_one_line_per_finished_run(seg_root, tmp_path, monkeypatch, capsys):
+    """-q: no progress or epoch lines, but each finished run (its fold, seed, main metric and time) at once,
+    so minutes of training are not silent."""
+    path = tmp_path / "c.yaml"
+    path.write_text(json.dumps(config(seg_root, tmp_path / "runs", data={"group_regex": GROUPS})))
+    monkeypatch.setattr(CV, "engine_runner", lambda progress, log: fake_runner(fail_fold=2))
+    assert cli.main(["cv", str(path), "--folds", "2", "--out", str(tmp_path / "o"), "-q"]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert re.fullmatch(r"fold 1/2 seed 0: mIoU 0\.5100 in \d+s", out[0]), out
+    assert out[1] == f"fold 2/2 seed 0: FAILED (RuntimeError: CUDA out of memory (simulated)); details in " \
+                     f"{tmp_path / 'o' / 'fold2_seed0' / 'error.txt'}"
+    assert out[2] == "" and out[3].startswith("2 folds x 1 seed(s): 1 run(s) completed")  # then the summary
+
+
+def test_engine_prints_the_transfer_table_for_the_first_fold_only(seg_root, tmp_path, one_thread):
+    """The transfer report and freezing table are the same for every fold: printed once, and kept in each run
+    folder (transfer_report.json, run.json)."""
+    from seg_transfer import create_model
+    from seg_transfer.models.checkpoint import save_checkpoint
+
+    init = save_checkpoint(tmp_path / "init.pt", create_model(backbone="resnet18", head="lraspp", classes=CLASSES,
+                                                              backbone_weights=None, resize=0))
+    cfg = seg_config(seg_root, tmp_path, train={"batch_size": 4, "init_from": str(init)})
+    lines: list[str] = []
+    s = CV.run_cv(cfg, folds=2, out=tmp_path / "cv", limit_train=4, progress=False, log=lines.append)
+    assert s["completed"] == 2
+    starts = [i for i, line in enumerate(lines) if line.startswith("run folder: ")]
+    first, second = lines[starts[0]:starts[1]], lines[starts[1]:]
+    for table in (f"transfer from checkpoint {init}: loaded", "part "):  # freeze_table's header: part  trainable ..
+        assert sum(line.startswith(table) for line in first) == 1, (table, first)
+        assert not any(line.startswith(table) for line in second), (table, second)
+    for r in s["runs"]:
+        run = Path(r["run_dir"])
+        assert json.loads((run / "transfer_report.json").read_text())["loaded"]
+        assert json.loads((run / "run.json").read_text())["freeze"]["table"].startswith("part")
 
 
 def test_engine_runs_every_fold_as_a_normal_run_folder(seg_root, tmp_path, one_thread):

@@ -191,6 +191,22 @@ def test_finetune_lifts_ap50_on_synthetic_boxes(tmp_path, one_thread):
     assert after["ap50"] > before["ap50"] + 0.35
 
 
+
+def test_device_recipe_batches_carry_boxes_and_train(tmp_path, one_thread):
+    """``augment.backend: device``: the decoded images flipped on the device with their boxes; a run trains."""
+    root = make_voc_boxes(tmp_path / "data", n=6, size=64, val=2)
+    trainer = small_trainer(root, tmp_path / "runs", train={"epochs": 1, "batch_size": 2},
+                            augment={"backend": "device"}, cache={"images": "ram"})
+    assert trainer.recipe is not None
+    images, targets = next(trainer.batches(0))
+    assert len(images) == len(targets) == 2
+    for image, target in zip(images, targets):
+        h, w = image.shape[-2:]
+        boxes = target["boxes"]
+        assert image.dtype == torch.float32 and len(boxes) == len(target["labels"]) > 0
+        assert (boxes[:, 0] >= 0).all() and (boxes[:, 2] <= w).all() and (boxes[:, 3] <= h).all()
+    assert np.isfinite(trainer.fit().history[-1]["train_loss"])
+
 # ------------------------------------------------------------------- confusion matrix, per-image F1, PR
 def confusion_meter() -> CocoMeter:
     """Hand-made images whose every box's fate is known (classes: 0 background, 1, 2)."""

@@ -86,7 +86,7 @@ def test_csv_logger_still_writes_metrics_csv(tb_run):
     with open(tb_run.run_dir / "metrics.csv") as f:
         rows = list(csv.DictReader(f))
     assert [int(r["epoch"]) for r in rows] == [1, 2]
-    assert list(rows[0]) == ["epoch", "train_loss", "val_loss", "miou", "pixel_acc", "mean_acc", "lr", "seconds"]
+    assert list(rows[0]) == ["epoch", "train_loss", "val_loss", "miou", "pixel_acc", "mean_acc", "lr", "seconds", "data_seconds"]
 
 
 def test_logger_hooks_direct(tmp_path):

@@ -4,9 +4,11 @@ from __future__ import annotations
 import copy
 import csv
 import hashlib
+import json
 
 import pytest
 import torch
+import yaml
 
 from seg_transfer.config import Config, from_dict
 from seg_transfer.engine.trainer import Trainer, TrainingDiverged
@@ -64,11 +66,8 @@ def test_frozen_params_and_bn_stats_unchanged(data_root, tmp_path):
     assert changed
 
 
-def test_resume_matches_uninterrupted_run(data_root, tmp_path, monkeypatch):
-    sections = {"train": {"epochs": 2}, "freeze": {"strategy": "partial", "stages": 2, "schedule": {1: "layer1"}}}
-    full = trainer(data_root, tmp_path / "a", **sections)
-    full.fit()
-
+def interrupted_and_resumed(data_root, out, sections, monkeypatch) -> Trainer:
+    """A run stopped by Ctrl-C during its second epoch, then a Trainer resuming it (not yet fitted)."""
     original = Trainer.train_epoch
 
     def interrupt(self, epoch):
@@ -78,10 +77,18 @@ def test_resume_matches_uninterrupted_run(data_root, tmp_path, monkeypatch):
 
     monkeypatch.setattr(Trainer, "train_epoch", interrupt)
     with pytest.raises(KeyboardInterrupt):
-        trainer(data_root, tmp_path / "b", **sections).fit()
+        trainer(data_root, out, **sections).fit()
     monkeypatch.setattr(Trainer, "train_epoch", original)
-    resumed = Trainer(from_dict(Config, config(data_root, tmp_path / "b", **sections)), run_dir=tmp_path / "b" / "run",
-                      resume=True, progress=False, log=lambda _m: None)
+    return Trainer(from_dict(Config, config(data_root, out, **sections)), run_dir=out / "run", resume=True,
+                   progress=False, log=lambda _m: None)
+
+
+def test_resume_matches_uninterrupted_run(data_root, tmp_path, monkeypatch):
+    sections = {"train": {"epochs": 2}, "freeze": {"strategy": "partial", "stages": 2, "schedule": {1: "layer1"}}}
+    full = trainer(data_root, tmp_path / "a", **sections)
+    full.fit()
+
+    resumed = interrupted_and_resumed(data_root, tmp_path / "b", sections, monkeypatch)
     assert resumed.start_epoch == 1
     resumed.fit()
     a, b = full.model.state_dict(), resumed.model.state_dict()
@@ -122,6 +129,25 @@ def test_checkpoint_is_self_describing(data_root, tmp_path):
         torch.testing.assert_close(model(x)["out"], t.model.to("cpu")(x)["out"], rtol=1e-5, atol=1e-5)
         model.to(memory_format=torch.channels_last)
         assert torch.equal(model(x)["out"], t.model(x)["out"])  # same weights, same kernels: bit for bit
+
+
+def test_limit_train_keeps_a_fixed_subset_of_the_train_split_and_all_of_val(data_root, tmp_path):
+    """train.limit_train (--limit-train): that many train items, the same whatever train.seed, val whole; the
+    run folder records it (config.yaml, which reruns and --resume read, and run.json)."""
+    full = trainer(data_root, tmp_path / "full")
+    lines: list[str] = []
+    t = Trainer(from_dict(Config, config(data_root, tmp_path, train={"epochs": 1, "limit_train": 5})),
+                progress=False, log=lines.append)
+    names = t.train_set.dataset.names
+    assert len(names) == 5 and set(names) < set(full.train_set.dataset.names)
+    assert t.val_images.names == full.val_images.names
+    reseeded = trainer(data_root, tmp_path / "other", train={"limit_train": 5, "seed": 3})
+    assert reseeded.train_set.dataset.names == names
+    t.fit()
+    assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["train"]["limit_train"] == 5
+    run = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert run["images"] == {"train": 5, "val": 8} and run["limit_train"] == {"kept": 5, "of": 32}
+    assert "data: 5 train (train.limit_train: a fixed subset of 32) / 8 val images" in "\n".join(lines)
 
 
 def test_early_stopping(data_root, tmp_path, monkeypatch):
@@ -218,3 +244,64 @@ def test_poly_schedule_ends_at_zero_when_the_last_partial_batch_is_dropped(data_
     assert t.steps_per_epoch == n // bs  # the loader drops the partial batch: the schedule counts what runs
     t.fit()
     assert t.scheduler.last_epoch == 2 * (n // bs) and t.optimizer.param_groups[0]["lr"] == 0.0
+
+
+def test_epoch_line_and_metrics_csv_show_the_lr_the_epoch_trained_with(data_root, tmp_path):
+    """The scheduler steps after each optimizer step: its value at the end of a poly run is 0, an LR no step
+    used. The epoch line and metrics.csv show the LR of the epoch's last step instead."""
+    lines: list[str] = []
+    t = Trainer(from_dict(Config, config(data_root, tmp_path, train={"epochs": 2, "scheduler": "poly"})),
+                progress=False, log=lines.append)
+    used: list[float] = []  # the LR of every optimizer step, as the step reads it
+    t.optimizer.register_step_pre_hook(lambda opt, args, kwargs: used.append(opt.param_groups[0]["lr"]))
+    t.fit()
+    per_epoch = t.steps_per_epoch
+    expected = [used[per_epoch - 1], used[2 * per_epoch - 1]]
+    assert len(used) == 2 * per_epoch and expected[1] > 0 and t.optimizer.param_groups[0]["lr"] == 0.0
+    with open(tmp_path / "run" / "metrics.csv") as f:
+        assert [float(r["lr"]) for r in csv.DictReader(f)] == pytest.approx(expected, rel=1e-5)
+    epoch_lines = [s for s in lines if s.startswith("epoch ") and "train_loss" in s]
+    assert [s.split("  lr ")[1].split()[0] for s in epoch_lines] == [f"{lr:.2e}" for lr in expected]
+
+
+# ------------------------------------------------------------------ the batches seam: device recipe, loader
+DEVICE_RECIPE = {"augment": {"train": None, "backend": "device"}, "cache": {"images": "ram"}}
+
+
+def test_device_recipe_trains_resumes_exactly_and_measures_its_data_time(data_root, tmp_path, monkeypatch):
+    sections = {**DEVICE_RECIPE, "train": {"epochs": 2}}
+    full = trainer(data_root, tmp_path / "a", **sections)
+    assert full.recipe is not None and full.images is not None
+    inputs, targets = next(full.batches(0))
+    assert inputs.shape == (8, 3, 64, 64) and targets.shape == (8, 64, 64) and targets.dtype == torch.int64
+    full.fit()
+    rows = list(csv.DictReader(open(tmp_path / "a" / "run" / "metrics.csv")))
+    assert all(0 <= float(r["data_seconds"]) <= float(r["seconds"]) for r in rows)
+    assert float(rows[1]["train_loss"]) < float(rows[0]["train_loss"])
+
+    resumed = interrupted_and_resumed(data_root, tmp_path / "b", sections, monkeypatch)
+    resumed.fit()
+    a, b = full.model.state_dict(), resumed.model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_device_recipe_refuses_custom_steps_in_one_line(data_root, tmp_path):
+    from seg_transfer.errors import SegTransferError
+
+    with pytest.raises(SegTransferError, match="augment.backend: device runs the built-in train recipes only"):
+        trainer(data_root, tmp_path, augment={"backend": "device"})
+    assert trainer(data_root, tmp_path, augment={"backend": "auto"}).recipe is None  # the CPU: albumentations
+
+
+def test_persistent_workers_train_exactly_as_no_workers_do(data_root, tmp_path):
+    """Workers kept across epochs still seed each item from (seed, epoch, index): the same weights as a
+    run that loads in the main process; the image cache (RAM) gives the same pixels as the files."""
+    runs = {}
+    for name, sections in {"inline": {"train": {"epochs": 2, "workers": 0}},
+                           "workers": {"train": {"epochs": 2, "workers": 2}},
+                           "cached": {"train": {"epochs": 2, "workers": 0}, "cache": {"images": "ram"}}}.items():
+        t = trainer(data_root, tmp_path / name, **sections)
+        t.fit()
+        runs[name] = t.model.state_dict()
+    for name in ("workers", "cached"):
+        assert all(torch.equal(runs["inline"][k], runs[name][k]) for k in runs["inline"]), name

@@ -153,3 +153,19 @@ def test_unknown_format_and_backend(standin):
         export_model(model, "x.tflite", "tflite")
     with pytest.raises(ConfigError, match="backend"):
         Predictor(model, backend="tensorrt")
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", pytest.param("openvino", marks=pytest.mark.skipif(
+    not HAS_OPENVINO, reason="openvino not installed"))])
+def test_a_runtime_failure_is_one_line_naming_file_and_input(tmp_path, backend):
+    """A graph the runtime cannot run on an input (here: a static export fed another size) fails as one
+    ConfigError naming the file and the input's size, not the runtime's C++ trace."""
+    pytest.importorskip("onnxruntime")
+    model = create_model(backbone="resnet18", neck="none", head="lraspp", backbone_weights=None, num_classes=3,
+                         resize=64).eval()
+    path = export_model(model, tmp_path / "static.onnx", "onnx", dynamic=False)
+    runner = load_model_file(path, backend)
+    with pytest.raises(ConfigError) as err:
+        runner(torch.rand(1, 3, 72, 200))
+    message = str(err.value)
+    assert message.startswith(f"{path}: {backend} failed on a 1x3x72x200 input: ") and "\n" not in message

@@ -7,6 +7,7 @@ and the plots of its predictions. Tasks never touch the optimizer, the file syst
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
@@ -14,6 +15,15 @@ import torch
 from torch import nn
 
 from ..metrics import Meter
+
+
+@dataclass
+class BatchRecipe:
+    """A task's built-in train augmentation on a batch: ``augment(canvas, generator) -> (inputs, targets)``
+    on the canvas's device, from images cached at ``shorter`` side (None: as decoded)."""
+
+    augment: Callable[..., tuple[Any, Any]]
+    shorter: Optional[int] = None
 
 
 class Task:
@@ -30,6 +40,11 @@ class Task:
     def transforms(self, augment: Any, preprocess: Any) -> tuple[Callable, Callable]:
         """(train, val) transforms from the ``augment:`` block and the model's preprocessing."""
         raise NotImplementedError
+
+    def batch_recipe(self, augment: Any, preprocess: Any) -> Optional[BatchRecipe]:
+        """The built-in train recipe as one call on a whole batch (``data.device_augment``), or None when the
+        config names its own ``augment.train`` steps (they run in albumentations, one image at a time)."""
+        return None
 
     def to_device(self, targets: Any, device: torch.device) -> Any:
         return targets.to(device)

@@ -13,13 +13,14 @@ from torch import nn
 from ...config import Config
 from ...data.classification import ClassTransform, default_train_spec, default_val_spec
 from ...data.classification import classification_collate as collate
+from ...data.device_augment import ClassificationBatchAugment
 from ...data.transforms import build_pipeline
 from ...errors import ConfigError
 from ...models.preprocess import Preprocess
 from ..losses import WEIGHT_METHODS, class_weights_from_counts
-from ..metrics import ClassificationMeter, Meter
+from ..metrics import ClassificationMeter, Meter, informative_k
 from ..plots import confusion_report, plot_classifications, sample_predictions, spread
-from .base import Task
+from .base import BatchRecipe, Task
 
 TOP_K = 5
 
@@ -48,8 +49,8 @@ class ClassificationTask(Task):
             raise ConfigError(f"train.label_smoothing: expected a value in [0, 1), got {t.label_smoothing!r}")
         self.label_smoothing = t.label_smoothing
         self.weight = _class_weights(t.class_weights, splits.train, len(self.classes))
-        self.k = min(TOP_K, len(self.classes))
-        self.fields = ("accuracy", f"top{self.k}", "macro_f1")
+        self.k = informative_k(TOP_K, len(self.classes))  # None with TOP_K classes or fewer: no top-k column
+        self.fields = ("accuracy", *((f"top{self.k}",) if self.k else ()), "macro_f1")
         self.collate = collate
 
     def transforms(self, augment: Any, preprocess: Preprocess) -> tuple[ClassTransform, ClassTransform]:
@@ -58,6 +59,11 @@ class ClassificationTask(Task):
         val = default_val_spec(preprocess.resize_size, crop) if augment.val is None else augment.val
         return (ClassTransform(build_pipeline(train, where="augment.train"), preprocess),
                 ClassTransform(build_pipeline(val, where="augment.val"), preprocess))
+
+    def batch_recipe(self, augment: Any, preprocess: Preprocess) -> Optional[BatchRecipe]:
+        if augment.train is not None or not preprocess.crop_size:
+            return None
+        return BatchRecipe(ClassificationBatchAugment(preprocess.crop_size, preprocess))
 
     def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         weight = None if self.weight is None else self.weight.to(logits.device)
@@ -76,8 +82,8 @@ class ClassificationTask(Task):
         return ClassificationMeter(len(self.classes), self.k)
 
     def summary(self, metrics: dict[str, Any]) -> str:
-        return (f"acc {metrics['accuracy']:.4f}  top{self.k} {metrics[f'top{self.k}']:.4f}  "
-                f"macro_f1 {metrics['macro_f1']:.4f}")
+        top = f"top{self.k} {metrics[f'top{self.k}']:.4f}  " if self.k else ""
+        return f"acc {metrics['accuracy']:.4f}  {top}macro_f1 {metrics['macro_f1']:.4f}"
 
     def report_lines(self, metrics: dict[str, Any]) -> list[str]:
         lines = [self.summary(metrics), f"  {'class':<20} {'precision':>9} {'recall':>9} {'f1':>9} {'support':>8}"]

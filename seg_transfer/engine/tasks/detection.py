@@ -14,12 +14,13 @@ from typing import Any, Iterator, Optional, Sequence, cast
 import torch
 from torch import nn
 
-from ...config import Config, to_dict
+from ...config import Config
 from ...data.detection import build_box_transforms, detection_collate
+from ...data.device_augment import DetectionBatchAugment, detection_flips
 from ...errors import SegTransferError
 from ..metrics import STATS, CocoMeter, Meter
 from ..plots import plot_detection_confusion, plot_detections, plot_pr_curves, spread
-from .base import Task
+from .base import BatchRecipe, Task
 
 SCORE_THRESHOLD = 0.5  # boxes drawn in predictions.png and counted in the confusion matrix
 IOU_THRESHOLD = 0.5    # a detection matches a box from this IoU on (the confusion matrix, per-image F1)
@@ -62,7 +63,11 @@ class DetectionTask(Task):
 
     def transforms(self, augment: Any, preprocess: Any) -> tuple[Any, Any]:
         # preprocess (mean/std, resize) is applied inside torchvision's detectors: images stay in [0, 1]
-        return build_box_transforms(**to_dict(augment))
+        return build_box_transforms(augment.train, augment.val)
+
+    def batch_recipe(self, augment: Any, preprocess: Any) -> Optional[BatchRecipe]:
+        flips = detection_flips(augment.train)
+        return None if flips is None else BatchRecipe(DetectionBatchAugment(*flips))
 
     def to_device(self, targets: Any, device: torch.device) -> Any:
         return [{k: v.to(device) for k, v in t.items()} for t in targets]

@@ -8,14 +8,15 @@ from typing import Any, Optional, Sequence
 import torch
 from torch import nn
 
-from ...config import Config, to_dict
+from ...config import Config
 from ...data.checks import label_frequencies
+from ...data.device_augment import SegmentationBatchAugment
 from ...data.segmentation import SegCollate, build_transforms
 from ...errors import ConfigError
 from ..losses import SegmentationCriterion, build_binary_loss, build_loss
 from ..metrics import BinarySegmentationMeter, Meter, SegmentationMeter, binary_prediction
 from ..plots import confusion_report, plot_predictions, sample_predictions, spread
-from .base import Task
+from .base import BatchRecipe, Task
 
 
 def segmentation_forward(model: nn.Module, inputs: Any, size: Any, cached: bool) -> dict[str, torch.Tensor]:
@@ -44,7 +45,14 @@ class SegmentationTask(Task):
         self.collate = SegCollate(self.ignore_index)
 
     def transforms(self, augment: Any, preprocess: Any) -> tuple[Any, Any]:
-        return build_transforms(**to_dict(augment), preprocess=preprocess, ignore_index=self.ignore_index)
+        return build_transforms(augment.train, augment.val, augment.crop_size, preprocess=preprocess,
+                                ignore_index=self.ignore_index)
+
+    def batch_recipe(self, augment: Any, preprocess: Any) -> Optional[BatchRecipe]:
+        if augment.train is not None:
+            return None
+        return BatchRecipe(SegmentationBatchAugment(augment.crop_size, preprocess, self.ignore_index),
+                           preprocess.resize_size)
 
     def train_loss(self, model: nn.Module, inputs: Any, targets: torch.Tensor, cached: bool) -> torch.Tensor:
         return self.criterion(segmentation_forward(model, inputs, targets.shape[-2:], cached), targets)

@@ -1,0 +1,60 @@
+"""The decoded-image cache (``data.memory``): what it returns is what the files hold (resized as the
+pipeline's first step resizes them), its size is known before it is built, and a cap refuses it."""
+from __future__ import annotations
+
+import albumentations as A
+import numpy as np
+import pytest
+import torch
+
+from seg_transfer.data.memory import DecodedDataset, estimate_bytes, start_size
+from seg_transfer.errors import ConfigError
+
+from . import FLAT, H, W, folder, make_folder
+
+
+@pytest.fixture
+def splits(tmp_path):
+    make_folder(tmp_path, FLAT)
+    return folder(tmp_path)
+
+
+def quiet(_message: str) -> None:
+    pass
+
+
+def test_the_cache_returns_what_the_disk_holds(splits):
+    cache = DecodedDataset(splits.train, progress=False, log=quiet)
+    assert len(cache) == len(splits.train) and cache.nbytes == estimate_bytes(splits.train) == 3 * H * W * 4
+    for i in range(len(cache)):
+        image, mask = splits.train.read(i)
+        got_image, got_mask = cache.read(i)
+        assert got_image.dtype == np.uint8 and (got_image == image).all()
+        assert got_mask.dtype == np.int64 and (got_mask == mask).all()
+    assert cache.pixels.is_shared()  # DataLoader workers read the same block
+
+
+def test_resized_at_the_pipelines_starting_size(splits):
+    cache = DecodedDataset(splits.train, shorter=20, progress=False, log=quiet)
+    step = A.SmallestMaxSize(max_size=20)
+    image, mask = splits.train.read(0)
+    want = step(image=image, mask=mask)
+    got_image, got_mask = cache.read(0)
+    assert got_image.shape[:2] == start_size(H, W, 20) == want["image"].shape[:2]
+    assert (got_image == want["image"]).all() and (got_mask == want["mask"]).all()
+
+
+def test_a_cache_over_its_cap_is_refused_before_decoding(splits, monkeypatch):
+    monkeypatch.setattr(type(splits.train), "read", lambda *a: pytest.fail("decoded before the size check"))
+    with pytest.raises(ConfigError, match=r"cache.max_gb"):
+        DecodedDataset(splits.train, max_gb=1e-9, progress=False, log=quiet)
+
+
+def test_canvas_pads_a_batch_of_items(splits):
+    cache = DecodedDataset(splits.train, progress=False, log=quiet)
+    canvas = cache.canvas([2, 0])
+    assert canvas.images.shape == (2, 3, H, W) and canvas.masks is not None
+    image, mask = splits.train.read(2)
+    assert (canvas.images[0].permute(1, 2, 0).numpy() == image).all()
+    assert (canvas.masks[0].numpy() == mask).all() and canvas.sizes.tolist() == [[H, W], [H, W]]
+    assert cache.to(torch.device("cpu")).canvas([1]).images.shape == (1, 3, H, W)
