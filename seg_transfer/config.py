@@ -169,8 +169,9 @@ LOGGER_NAMES = ("csv", "tensorboard")
 # augment.backend: cpu = albumentations per image in the loader; device = the built-in recipe on whole
 # batches on the training device (data.device_augment); auto = device on CUDA for the built-in recipes
 AUGMENT_BACKENDS = ("auto", "cpu", "device")
-# cache.images: decode every image once and keep it as uint8 in RAM, or on the training device
-IMAGE_CACHES = ("none", "ram", "device")
+# cache.images: decode every image once and keep it as uint8 in RAM, or on the training device; auto = ram
+# when the decoded split fits (cache.max_gb, half the free memory; data.memory.auto_images)
+IMAGE_CACHES = ("auto", "none", "ram", "device")
 
 
 def _choice(default: Any, *choices: Any, aliases: Optional[Mapping[Any, Any]] = None) -> Any:
@@ -255,7 +256,7 @@ class CacheConfig:
     """``cache:``: decoded images kept in memory (``images``); neck+head trained on stored backbone features
     when the backbone is wholly frozen (``enabled``); ``max_gb`` caps either."""
 
-    images: str = _choice("none", *IMAGE_CACHES)
+    images: str = _choice("auto", *IMAGE_CACHES)
     enabled: Optional[bool] = None
     copies: int = 1
     dtype: str = _choice("float32", "float32", "float16")

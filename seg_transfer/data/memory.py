@@ -10,6 +10,7 @@ cache that would pass ``max_gb`` is refused in one line naming the setting.
 from __future__ import annotations
 
 import copy
+import os
 from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
@@ -19,7 +20,39 @@ from ..errors import ConfigError
 from .common import ImageDataset, image_file_shape, progress_bar, thread_pool
 from .device_augment import Canvas
 
-MODES = ("none", "ram", "device")  # cache.images: no cache, decoded in RAM, decoded on the training device
+SHM = "/dev/shm"  # where torch's shared-memory blocks live on Linux (a container may give it 64 MiB)
+
+
+def free_bytes(path: Optional[str] = None) -> Optional[int]:
+    """Free memory (MemAvailable), or free space of the filesystem at ``path``; None where unknown."""
+    try:
+        if path is not None:
+            st = os.statvfs(path)
+            return st.f_bavail * st.f_frsize
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def auto_images(need: int, max_gb: float, shared: bool) -> tuple[str, str]:
+    """``cache.images: auto``: ("ram", why) when ``need`` bytes fit under ``cache.max_gb``, in half the
+    free memory and (``shared``: loader processes read it) in half of /dev/shm's free space; else
+    ("none", why). Decoding once saves each epoch the PNG/JPEG decode, the label map and the mask check
+    (benchmarks/RESULTS.md, "Decode once")."""
+    size = f"{need / 2**20:.0f} MiB"
+    if need > max_gb * 2**30:
+        return "none", f"{size} decoded is more than cache.max_gb ({max_gb:g})"
+    free = free_bytes()
+    if free is not None and need > free // 2:
+        return "none", f"{size} decoded is more than half the free memory ({free / 2**30:.1f} GiB)"
+    shm = free_bytes(SHM) if shared and os.path.isdir(SHM) else None
+    if shm is not None and need > shm // 2:
+        return "none", f"{size} decoded is more than half the free space of {SHM} ({shm / 2**20:.0f} MiB)"
+    return "ram", f"{size} decoded fits"
 
 
 def start_size(height: int, width: int, shorter: Optional[int]) -> tuple[int, int]:
@@ -69,27 +102,38 @@ class DecodedDataset(ImageDataset):
     """``dataset``'s items decoded once (threads, a progress bar) at ``shorter`` side, in shared memory."""
 
     def __init__(self, dataset: ImageDataset, shorter: Optional[int] = None, max_gb: float = 16.0,
-                 progress: bool = True, what: str = "train", log: Callable[[str], None] = print) -> None:
+                 progress: bool = True, what: str = "train", log: Callable[[str], None] = print,
+                 need: Optional[int] = None, shared: bool = True) -> None:
         self.classes, self.ignore_index = list(dataset.classes), dataset.ignore_index
         self.transform, self.shorter = None, shorter
         self.names = getattr(dataset, "names", None)
-        need = estimate_bytes(dataset, shorter)
+        need = estimate_bytes(dataset, shorter) if need is None else need
         if need > max_gb * 2**30:
             raise ConfigError(f"cache.images: the {what} split needs {need / 2**30:.1f} GiB decoded, more than "
                               f"cache.max_gb ({max_gb:g}); raise cache.max_gb, lower model.resize, or set "
                               "cache.images: none")
+        shm = free_bytes(SHM) if shared and os.path.isdir(SHM) else None
+        if shm is not None and need > shm:
+            raise ConfigError(f"cache.images: the {what} split needs {need / 2**20:.0f} MiB of shared memory for the "
+                              f"loader processes, and {SHM} has {shm / 2**20:.0f} MiB free; set train.workers: 0, "
+                              "give the container more (docker run --shm-size), or set cache.images: none")
         log(f"image cache: {what} split, {len(dataset)} items, {need / 2**20:.0f} MiB of uint8 in RAM")
         shapes = [start_size(*file_shape(dataset, i), shorter) for i in range(len(dataset))]
         sizes = [h * w for h, w in shapes]
         self.offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
         self.shapes = np.array(shapes, dtype=np.int64).reshape(-1, 2)
         total = int(self.offsets[-1])
-        # one block each for images and masks: tensors' storage is shared with workers, never pickled whole
-        self.pixels = torch.empty(total * 3, dtype=torch.uint8).share_memory_()
+        # one block each for images and masks; shared (with loader processes): workers read them in place,
+        # never a pickled copy
+        self.pixels = torch.empty(total * 3, dtype=torch.uint8)
         self.masks: Optional[torch.Tensor] = None
         if _has_masks(dataset):
             dtype = torch.uint8 if _mask_itemsize(dataset) == 1 else torch.int16
-            self.masks = torch.empty(total, dtype=dtype).share_memory_()
+            self.masks = torch.empty(total, dtype=dtype)
+        if shared:
+            self.pixels.share_memory_()
+            if self.masks is not None:
+                self.masks.share_memory_()
         self.labels: list[Any] = [None] * len(dataset)
 
         def fill(i: int) -> None:

@@ -88,14 +88,15 @@ class CrossEntropyLoss(nn.Module):
         self.register_buffer("weight", weight, persistent=False)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        per_pixel = F.cross_entropy(logits, target, weight=self.weight, ignore_index=self.ignore_index,
-                                    reduction="none", label_smoothing=self.label_smoothing)
+        # reduction="sum" is the per-pixel losses' sum without materialising them (nor their gradient)
+        total = F.cross_entropy(logits, target, weight=self.weight, ignore_index=self.ignore_index,
+                                reduction="sum", label_smoothing=self.label_smoothing)
         valid = target != self.ignore_index
         if self.weight is None:
-            denom = valid.sum().to(per_pixel.dtype)
+            denom = valid.sum().to(total.dtype)
         else:
-            denom = (self.weight.to(per_pixel.dtype)[target.masked_fill(~valid, 0)] * valid).sum()
-        return _safe_div(per_pixel.sum(), denom)
+            denom = (self.weight.to(total.dtype)[target.masked_fill(~valid, 0)] * valid).sum()
+        return _safe_div(total, denom)
 
 
 class DiceLoss(nn.Module):

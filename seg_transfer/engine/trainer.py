@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from ..config import Config, dump_config, to_dict
 from ..data.common import DataSplits, ImageDataset
-from ..data.memory import DecodedDataset
+from ..data.memory import DecodedDataset, auto_images, estimate_bytes
 from ..data.registry import build_dataset
 from ..data.segmentation import binary_splits
 from ..data.split import limit_items
@@ -246,15 +246,26 @@ class Trainer:
 
     def _image_cache(self, train: ImageDataset) -> Optional[DecodedDataset]:
         """``cache.images``: the train split decoded once (ram, or on the training device), at the size the
-        recipe starts from; the device recipe needs decoded images, so it turns the RAM cache on."""
+        recipe starts from; auto: ram when it fits (``auto_images``); the device recipe needs decoded images,
+        so it turns the RAM cache on."""
         c = self.cfg.cache
         mode = c.images
-        if mode == "none" and self.recipe is not None:
-            mode = "ram"
-        if mode == "none" or self.cached:
+        if self.cached:  # the feature cache runs the backbone once per item: nothing left to decode
             return None
         shorter = self.recipe.shorter if self.recipe is not None else None  # the CPU pipeline starts from the file
-        images = DecodedDataset(train, shorter, c.max_gb, progress=self.progress, log=self.log)
+        if self.recipe is not None and mode in ("auto", "none"):
+            mode = "ram"
+        if mode == "none":
+            return None
+        shared = self.workers > 0
+        need = estimate_bytes(train, shorter)
+        if mode == "auto":
+            mode, why = auto_images(need, c.max_gb, shared)
+            if mode == "none":
+                self.log(f"image cache: off ({why}; cache.images: auto)")
+                return None
+        images = DecodedDataset(train, shorter, c.max_gb, progress=self.progress, log=self.log, need=need,
+                                shared=shared and mode == "ram")
         return images.to(self.device) if mode == "device" else images
 
     def _use_cache(self) -> bool:
@@ -397,14 +408,16 @@ class Trainer:
             with sync:
                 with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_enabled):
                     loss = self.train_loss(inputs, targets)
-                if not torch.isfinite(loss):
+                # the step's one host sync (on CUDA each .item() or tensor truth test waits for the GPU)
+                value = loss.item()
+                if not math.isfinite(value):
                     raise TrainingDiverged(
-                        f"epoch {epoch + 1}, batch {step + 1}: loss is {loss.item()}; stopped (best.pt is intact). "
+                        f"epoch {epoch + 1}, batch {step + 1}: loss is {value}; stopped (best.pt is intact). "
                         f"Lower train.lr (now {self.lr:g}), set train.grad_clip, or train.amp=off")
                 self.scaler.scale(loss / t.accumulate).backward()
-            total += loss.item() * len(targets)
+            total += value * len(targets)
             count += len(targets)
-            window += loss.item() * len(targets)
+            window += value * len(targets)
             window_items += len(targets)
             if update:
                 lrs = {f"lr/{g.get('name', f'group{i}')}": g["lr"] for i, g in enumerate(self.optimizer.param_groups)}

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from seg_transfer.data.memory import DecodedDataset, estimate_bytes, start_size
+from seg_transfer.data import memory
+from seg_transfer.data.memory import DecodedDataset, auto_images, estimate_bytes, start_size
 from seg_transfer.errors import ConfigError
 
 from . import FLAT, H, W, folder, make_folder
@@ -58,3 +59,27 @@ def test_canvas_pads_a_batch_of_items(splits):
     assert (canvas.images[0].permute(1, 2, 0).numpy() == image).all()
     assert (canvas.masks[0].numpy() == mask).all() and canvas.sizes.tolist() == [[H, W], [H, W]]
     assert cache.to(torch.device("cpu")).canvas([1]).images.shape == (1, 3, H, W)
+
+
+def test_auto_caches_only_what_fits(monkeypatch):
+    """cache.images: auto: under cache.max_gb, half the free memory and (with loader processes) half of
+    /dev/shm's free space; each refusal says which."""
+    free = {None: 8 * 2**30, memory.SHM: 64 * 2**20}  # 8 GiB RAM free, a container's 64 MiB /dev/shm
+    monkeypatch.setattr(memory, "free_bytes", lambda path=None: free[path])
+    monkeypatch.setattr(memory.os.path, "isdir", lambda path: True)
+    assert auto_images(100 * 2**20, 8.0, shared=False)[0] == "ram"
+    mode, why = auto_images(100 * 2**20, 8.0, shared=True)
+    assert mode == "none" and "/dev/shm" in why
+    mode, why = auto_images(5 * 2**30, 8.0, shared=False)
+    assert mode == "none" and "half the free memory" in why
+    mode, why = auto_images(5 * 2**30, 2.0, shared=False)
+    assert mode == "none" and "cache.max_gb (2)" in why
+
+
+def test_a_shared_cache_larger_than_dev_shm_is_refused_in_one_line(splits, monkeypatch):
+    monkeypatch.setattr(memory, "free_bytes", lambda path=None: 10)
+    monkeypatch.setattr(memory.os.path, "isdir", lambda path: True)
+    with pytest.raises(ConfigError, match=r"/dev/shm has 0 MiB free; set train.workers: 0"):
+        DecodedDataset(splits.train, progress=False, log=quiet, shared=True)
+    unshared = DecodedDataset(splits.train, progress=False, log=quiet, shared=False)  # read in-process only
+    assert not unshared.pixels.is_shared() and (unshared.read(0)[0] == splits.train.read(0)[0]).all()
