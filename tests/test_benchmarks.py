@@ -12,6 +12,7 @@ REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
 
 
+@pytest.mark.slow  # ~1.5 min on 2 quiet cores, most of it the detectors
 @pytest.mark.skipif(not (DATA / "CamVid").is_dir(), reason="../shared/data is not beside the checkout")
 def test_gpu_speed_small_runs_every_side_of_every_task(tmp_path, torch_home):
     done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "gpu_speed.py"), "--small", "--out", str(tmp_path)],
