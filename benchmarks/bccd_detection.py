@@ -23,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from seg_transfer.config import load_config  # noqa: E402
 from seg_transfer.engine.trainer import Trainer  # noqa: E402
 from seg_transfer.models.checkpoint import read_checkpoint  # noqa: E402
+from seg_transfer.run_folder import RunFolder  # noqa: E402
 
 
 def main() -> None:
@@ -44,7 +45,7 @@ def main() -> None:
         print(model.info.transfer.format(), flush=True)
     result = trainer.fit()
     wall = time.perf_counter() - start
-    best = read_checkpoint(result.run_dir / "best.pt")["metrics"]
+    best = read_checkpoint(RunFolder(result.run_dir).best)["metrics"]
     print(f"\n{args.config} {' '.join(args.overrides)} --rois {args.rois} --proposals {args.proposals}")
     print(f"epochs {len(result.history)}, wall {wall / 60:.1f} min (set-up + training + evaluation), "
           f"best AP {result.best:.4f} at epoch {result.best_epoch}")

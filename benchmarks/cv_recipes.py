@@ -36,8 +36,10 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 from seg_transfer.config import Config, load_config  # noqa: E402
 from seg_transfer.engine.compare import compare_summaries  # noqa: E402
 from seg_transfer.engine.cv import CrossValidation, FoldPlan, FoldRun, Outcome, engine_runner, fold_config, plan_folds, pool_of  # noqa: E402
+from seg_transfer.run_folder import CvFolder  # noqa: E402
 
 PLAIN = "plain"  # the recipe run by benchmarks/plain_loop.py instead of the engine
+RESULT = "result.json"  # this benchmark's record of a run (in the run folder, beside the engine's files)
 
 
 @dataclass
@@ -125,8 +127,9 @@ def claim(run_dir: Path) -> bool:
 
 def run_job(preset: Preset, plan: FoldPlan, out: Path, fold: int, seed: int, recipe: str, extra: list[str]) -> None:
     """One fold x seed x recipe into its run folder; result.json holds its metrics or its error."""
-    run_dir = out / recipe / f"fold{fold + 1}_seed{seed}"
-    if (run_dir / "result.json").is_file():
+    folder = CvFolder(out / recipe).run(fold + 1, seed)
+    run_dir = folder.path
+    if (run_dir / RESULT).is_file():
         return
     if not claim(run_dir):  # another live worker (e.g. one added later with --reverse) runs it
         return
@@ -145,11 +148,11 @@ def run_job(preset: Preset, plan: FoldPlan, out: Path, fold: int, seed: int, rec
     except Exception as err:  # noqa: BLE001 - one failed run is reported, the others go on
         result["error"] = f"{type(err).__name__}: {err}".splitlines()[0]
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "error.txt").write_text(traceback.format_exc())
+        folder.error.write_text(traceback.format_exc())
     result["seconds"] = time.perf_counter() - start
-    tmp = run_dir / "result.json.tmp"
+    tmp = run_dir / f"{RESULT}.tmp"
     tmp.write_text(json.dumps(result, default=float) + "\n")
-    tmp.replace(run_dir / "result.json")
+    tmp.replace(run_dir / RESULT)
     score = f"{result.get('label')} {result.get('metrics', {}).get(result.get('metric', ''), math.nan):.4f}"
     print(f"{time.strftime('%H:%M:%S')} {recipe} fold {fold + 1} seed {seed}: {result.get('error') or score} "
           f"in {result['seconds']:.0f}s", flush=True)
@@ -164,7 +167,7 @@ def summaries(preset: Preset, plan: FoldPlan, out: Path, seeds: int) -> dict[str
                              overrides=[*preset.common, *([] if preset.recipes[name] == PLAIN else preset.recipes[name])])
         for f in range(plan.k):
             for s in range(seeds):
-                path = out / name / f"fold{f + 1}_seed{s}" / "result.json"
+                path = CvFolder(out / name).run(f + 1, s).path / RESULT
                 if not path.is_file():
                     continue
                 r = json.loads(path.read_text())

@@ -60,6 +60,7 @@ from seg_transfer.engine.trainer import limit_train  # noqa: E402
 from seg_transfer.errors import ConfigError, SegTransferError  # noqa: E402
 from seg_transfer.io import resolve_device, save_text  # noqa: E402
 from seg_transfer.models.build import task_of  # noqa: E402
+from seg_transfer.run_folder import CvFolder, RunFolder  # noqa: E402
 
 POLY_POWER = 0.9
 
@@ -220,7 +221,7 @@ def train_and_score(cfg: Config, run_dir: Path, progress: bool = False) -> Outco
             image, mask = val[i]
             matrix.update(model(image[None].to(device))["out"].argmax(1), mask[None].to(device))
     metrics = matrix.compute()
-    save_text(json.dumps({**metrics, "classes": classes}, indent=1) + "\n", run_dir / "val_metrics_last.json")
+    save_text(json.dumps({**metrics, "classes": classes}, indent=1) + "\n", RunFolder(run_dir).val_metrics_last)
     save_text(json.dumps({"epochs": epochs, "base_size": base, "crop": crop}, indent=1) + "\n", run_dir / "plain.json")
     return Outcome(metrics, "miou", "mIoU")
 
@@ -374,7 +375,8 @@ def train_and_score_detection(cfg: Config, run_dir: Path, progress: bool = False
 
 def _finish(metrics: dict[str, Any], classes: list[str], epochs: list[dict[str, Any]], run_dir: Path,
             metric: str, label: str) -> Outcome:
-    save_text(json.dumps({**jsonable(metrics), "classes": classes}, indent=1) + "\n", run_dir / "val_metrics_last.json")
+    save_text(json.dumps({**jsonable(metrics), "classes": classes}, indent=1) + "\n",
+              RunFolder(run_dir).val_metrics_last)
     save_text(json.dumps({"epochs": epochs}, indent=1) + "\n", run_dir / "plain.json")
     return Outcome(metrics, metric, label)
 
@@ -417,13 +419,14 @@ def main(argv: Optional[list[str]] = None) -> int:
         summary = cv.write()
         print("\n" + format_summary(summary))
         if args.against:
-            engine = json.loads((args.against / "cv_summary.json").read_text())
-            theirs = json.loads((args.against / "folds.json").read_text())["folds"]
+            against = CvFolder(args.against)
+            engine = against.summary()
+            theirs = against.fold_plan()["folds"]
             if theirs != plan.to_dict()["folds"]:
                 raise ConfigError(f"{args.against}: its folds differ from these (same config, --folds and "
                                   "--limit-train?)")
             result = compare_summaries(summary, engine, names=("plain", "engine"))
-            save_text(json.dumps(jsonable(result), indent=1) + "\n", out / "compare.json")
+            save_text(json.dumps(jsonable(result), indent=1) + "\n", CvFolder(out).compare)
             print(f"\nplain vs engine ({args.against}): {result['verdict']}")
     except SegTransferError as err:
         print(f"plain_loop.py: error: {err}", file=sys.stderr)

@@ -207,6 +207,7 @@ def run(name: str, cfg_dict: dict[str, Any], out: Path) -> dict[str, Any]:
     from seg_transfer.config import Config, from_dict
     from seg_transfer.engine import cache as cache_mod
     from seg_transfer.engine.trainer import Trainer
+    from seg_transfer.run_folder import RunFolder
 
     cfg = from_dict(Config, cfg_dict)
     box = {"cache": 0.0, "eval": 0.0}
@@ -236,7 +237,7 @@ def run(name: str, cfg_dict: dict[str, Any], out: Path) -> dict[str, Any]:
         "construct_s": construct, "cache_s": box["cache"], "fit_s": fit, "eval_s": box["eval"],
         "train_s": box["cache"] + fit - box["eval"], "total_s": construct + fit,
         "unfrozen": list(trainer.unfrozen), "history": [dict(r) for r in hist],
-        "best_pt": str(result.run_dir / "best.pt"),
+        "best_pt": str(RunFolder(result.run_dir).best),
         "transfer": None if trainer.report is None else trainer.report.to_dict(),
     }
     print(f"   -> final mIoU {out_row['final_miou']:.4f}, best {out_row['best_miou']:.4f} (epoch {best['epoch']}); "

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 from .errors import SegTransferError
+from .run_folder import BEST, COMPARE, CONFIG, CV_PLOT, CV_SUMMARY_CSV, CV_SUMMARY_JSON, EVAL_DIR, LAST, REPORT, RunFolder
 
 _AUTO_TILE_MP = 16  # predict.tiling.AUTO_TILE_PIXELS in megapixels (not imported: --help stays torch-free)
 
@@ -129,9 +130,9 @@ def cmd_infer(args: argparse.Namespace) -> int:
     _refuse_model_inputs(args.inputs)
     from tqdm import tqdm
 
-    from .io import list_images
+    from .io import expand_inputs
 
-    inputs, errors = list_images(args.inputs)
+    inputs, errors = expand_inputs(args.inputs)
     if args.sample:
         import matplotlib.cbook
         inputs.insert(0, Path(matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)))
@@ -227,7 +228,7 @@ def _load_run_config(args: argparse.Namespace):
         args.overrides, args.config = [args.config, *args.overrides], None  # `--resume DIR key=value`
     if args.config is None and not getattr(args, "resume", None):
         raise SegTransferError("give a CONFIG file (or --resume RUN_DIR)")
-    path = args.config or str(Path(args.resume) / "config.yaml")
+    path = args.config or str(RunFolder(args.resume).config)
     return load_config(path, args.overrides)
 
 
@@ -280,7 +281,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         result = trainer.fit()
         if D.is_main():
             print(f"best val {trainer.task.metric_label} {result.best:.4f} at epoch {result.best_epoch}; "
-                  f"checkpoints in {result.run_dir}/ (best.pt, last.pt)")
+                  f"checkpoints in {result.run_dir}/ ({BEST}, {LAST})")
     finally:
         D.teardown()
     return 0
@@ -355,7 +356,7 @@ def cmd_cv(args: argparse.Namespace) -> int:
     summary = run_cv(cfg, folds=args.folds, seeds=args.seeds, out=out, limit_train=args.limit_train,
                      progress=not args.quiet, source=args.config, overrides=args.overrides, **_cv_logs(args.quiet))
     print("\n" + format_summary(summary))
-    print(f"summary: {out}/ (cv_summary.json, cv_summary.csv, cv.png)")
+    print(f"summary: {out}/ ({CV_SUMMARY_JSON}, {CV_SUMMARY_CSV}, {CV_PLOT})")
     return _cv_status(summary)
 
 
@@ -371,7 +372,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     for summary in result["summaries"]:
         print("\n" + format_summary(summary))
     print(f"\nA = {a}, B = {b}: {result['verdict']}")
-    print(f"comparison: {out}/compare.json; runs in {out}/A and {out}/B")
+    print(f"comparison: {out}/{COMPARE}; runs in {out}/A and {out}/B")
     return _cv_status(*result["summaries"])
 
 
@@ -568,7 +569,7 @@ def _add_finetune_evaluate(sub: Any) -> None:
     fin.add_argument("config", nargs="?", help="YAML config (optional with --resume)")
     fin.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, after the CONFIG file "
                      "(before or after the options), e.g. train.epochs=3")
-    fin.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last.pt")
+    fin.add_argument("--resume", metavar="RUN_DIR", help=f"continue the run in RUN_DIR from its {LAST}")
     fin.add_argument("--run-dir", type=Path, help="run folder (default: output.dir/output.name)")
     fin.add_argument("--check-data", action="store_true", help="scan the dataset, report every problem, exit")
     fin.add_argument("--limit-train", type=int, metavar="N", help="train on N items of the train split (a fixed "
@@ -579,14 +580,14 @@ def _add_finetune_evaluate(sub: Any) -> None:
     ev = sub.add_parser("evaluate", help="score a checkpoint on a config's val split (or any folder)",
                         description="The task's metrics (mIoU and per-class IoU, COCO AP, accuracy and F1) "
                                     "and plots. A checkpoint in a run folder is scored on the run's own val "
-                                    "split (the data: block of its config.yaml). Point the data elsewhere "
+                                    f"split (the data: block of its {CONFIG}). Point the data elsewhere "
                                     "with overrides, e.g. data.images=test data.masks=testannot data.split=all")
     ev.add_argument("config", help="YAML config whose data: block describes the images (for a run's checkpoint: "
                     "the run's saved data: block, unless data overrides or --config-split)")
     ev.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, after the CONFIG file "
                     "(before or after the options), e.g. data.split=all")
-    ev.add_argument("--checkpoint", required=True, help="a seg_transfer checkpoint (best.pt)")
-    ev.add_argument("--out", help="report folder (default: <checkpoint folder>/eval)")
+    ev.add_argument("--checkpoint", required=True, help=f"a seg_transfer checkpoint ({BEST})")
+    ev.add_argument("--out", help=f"report folder (default: <checkpoint folder>/{EVAL_DIR})")
     ev.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
     ev.add_argument("--tta", metavar="SPEC", help="score with test-time augmentation: flip, scales=0.75,1,1.25 "
                     "or both (flip,scales=...), to see what it buys before deploying it")
@@ -614,7 +615,7 @@ def _add_cv(sub: Any) -> None:
                         description="K-fold cross-validation over the config's train and val images pooled: "
                                     "whole groups stay in one fold (data.group_regex), classes are balanced "
                                     "over folds (classification). Every fold is a normal run folder, "
-                                    "DIR/fold<k>_seed<s>/; the summary is DIR/cv_summary.json, .csv and cv.png. A run's "
+                                    f"DIR/fold<k>_seed<s>/; the summary is DIR/{CV_SUMMARY_JSON}, .csv and {CV_PLOT}. A run's "
                                     "figures are its last epoch's, and only that epoch is evaluated unless "
                                     "train.val_interval=N asks for more.")
     cv.add_argument("config", help="YAML config")
@@ -624,20 +625,20 @@ def _add_cv(sub: Any) -> None:
                          description="Cross-validate two configs on the same folds and seeds and compare the "
                                      "task's main metric (mIoU, AP or accuracy) fold by fold: paired "
                                      "differences, a 95% confidence interval (paired t) and a verdict, "
-                                     "written to DIR/compare.json.")
+                                     f"written to DIR/{COMPARE}.")
     cmp.add_argument("configs", nargs=2, metavar="CONFIG", help="recipe A, then recipe B")
     common(cmp)
     cmp.set_defaults(func=cmd_compare)
 
 
 def _add_report(sub: Any) -> None:
-    rep = sub.add_parser("report", help="write RUN_DIR/report.html: one self-contained page about a run",
+    rep = sub.add_parser("report", help=f"write RUN_DIR/{REPORT}: one self-contained page about a run",
                          description="One HTML page (pictures inlined, no network) from a fine-tune's run folder "
                                      "or an evaluate --out folder: config, transfer report, curves, per-class "
                                      "table, confusion matrix, best and worst val images, timings, and the "
                                      "command that reproduces the run.")
     rep.add_argument("run_dir", metavar="RUN_DIR", help="a run folder (output.dir/output.name) or evaluate's --out")
-    rep.add_argument("--out", help="where to write the page (default: RUN_DIR/report.html)")
+    rep.add_argument("--out", help=f"where to write the page (default: RUN_DIR/{REPORT})")
     rep.set_defaults(func=cmd_report)
 
 

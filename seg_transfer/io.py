@@ -96,8 +96,9 @@ def _array_to_rgb(arr: np.ndarray) -> np.ndarray:
     return arr[..., :3]
 
 
-def list_images(paths: Iterable[Union[str, os.PathLike]]) -> tuple[list[Path], list[str]]:
-    """Expand files and folders into image files; returns (files, errors for paths that do not exist)."""
+def expand_inputs(paths: Iterable[Union[str, os.PathLike]]) -> tuple[list[Path], list[str]]:
+    """The inference inputs named on a command line: files kept as given, folders expanded (recursively, sorted)
+    into their image files; returns (files, errors for paths that do not exist and folders without images)."""
     files, errors = [], []
     for p in map(Path, paths):
         if p.is_dir():

@@ -15,7 +15,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "seg_transfer"
 # of its own layer or above. "__init__" is the package root: the lazy public API over everything.
 LAYERS: list[set[str]] = [
     {"version", "errors"},
-    {"config", "io", "viz", "testing"},
+    {"config", "io", "viz", "testing", "run_folder"},
     {"models"},
     {"transfer", "data"},
     {"engine", "predict", "advise"},

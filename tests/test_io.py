@@ -10,7 +10,7 @@ import torch
 from PIL import Image, ImageOps
 
 from seg_transfer.errors import BadInputError
-from seg_transfer.io import IMAGE_EXTENSIONS, atomic_path, list_images, read_image, save_image, save_text
+from seg_transfer.io import IMAGE_EXTENSIONS, atomic_path, expand_inputs, read_image, save_image, save_text
 
 from conftest import shared_image
 
@@ -229,9 +229,9 @@ def test_folder_is_not_an_image(tmp_path):
         read_image(tmp_path)
 
 
-# ------------------------------------------------------------------------------- list_images
+# ----------------------------------------------------------------------------- expand_inputs
 
-def test_list_images_expands_folders_sorted(rgb, tmp_path):
+def test_expand_inputs_expands_folders_sorted(rgb, tmp_path):
     root = tmp_path / "photos"
     (root / "sub").mkdir(parents=True)
     for name in ("b.png", "a.jpg", "C.JPG", "sub/d.png"):
@@ -241,7 +241,7 @@ def test_list_images_expands_folders_sorted(rgb, tmp_path):
     single = tmp_path / "single.png"
     Image.fromarray(rgb).save(single)
 
-    files, errors = list_images([single, root])
+    files, errors = expand_inputs([single, root])
     assert errors == []
     assert files[0] == single  # explicit files keep their place
     expanded = files[1:]
@@ -250,24 +250,24 @@ def test_list_images_expands_folders_sorted(rgb, tmp_path):
     assert all(f.suffix.lower() in IMAGE_EXTENSIONS for f in files)
 
 
-def test_list_images_reports_missing_and_empty(tmp_path, rgb):
+def test_expand_inputs_reports_missing_and_empty(tmp_path, rgb):
     good = tmp_path / "good.png"
     Image.fromarray(rgb).save(good)
     empty = tmp_path / "empty_dir"
     empty.mkdir()
     missing = tmp_path / "missing.jpg"
-    files, errors = list_images([str(missing), good, empty])
+    files, errors = expand_inputs([str(missing), good, empty])
     assert files == [good]
     assert len(errors) == 2
     assert str(missing) in errors[0] and "no such file" in errors[0]
     assert str(empty) in errors[1] and "no images" in errors[1]
 
 
-def test_list_images_keeps_explicit_non_image_files(tmp_path):
+def test_expand_inputs_keeps_explicit_non_image_files(tmp_path):
     # An explicitly named file is passed on (and fails later with a message naming it).
     notes = tmp_path / "notes.txt"
     notes.write_text("x")
-    assert list_images([notes]) == ([notes], [])
+    assert expand_inputs([notes]) == ([notes], [])
 
 
 # --------------------------------------------------------------------------- atomic writing

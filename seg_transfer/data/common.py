@@ -140,8 +140,9 @@ def index_by_stem(files: Sequence[Path], suffix: str = "") -> dict[str, Path]:
     return index
 
 
-def list_images(folder: Path) -> list[Path]:
-    """``list_files(folder)``; a DataError when it holds no image or two images share a name."""
+def dataset_images(folder: Path) -> list[Path]:
+    """A dataset's images folder: ``list_files(folder)``; a DataError when it holds no image or two images
+    share a name (files are paired with their labels by name)."""
     files = list_files(folder)
     if not files:
         raise fail(Problem("missing_image", str(folder),

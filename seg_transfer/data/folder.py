@@ -6,7 +6,7 @@ from typing import Mapping, Optional, Sequence
 
 from ..errors import ConfigError
 from .colors import ColorsOption, parse_colors
-from .common import DataSplits, PathLike, find_folder, list_images, pair_masks
+from .common import DataSplits, PathLike, dataset_images, find_folder, pair_masks
 from .problems import Problem, report
 from .segmentation import check_classes, check_label_map, make_splits
 from .split import split_names
@@ -45,7 +45,7 @@ def build_folder(root: PathLike, *, classes: Optional[Sequence[str]] = None, ima
                           f"({', '.join(palette.names)}); leave classes out to use the labelmap's")
     label_map = check_label_map(label_map)
     image_dir, mask_dir = find_folder(root, images, "images"), find_folder(root, masks, "masks")
-    image_files = list_images(image_dir)
+    image_files = dataset_images(image_dir)
     train, val = split_names([p.name for p in image_files], split=split, val_ratio=val_ratio, seed=seed,
                              val_groups=val_groups, group_regex=group_regex, train_list=train_list,
                              val_list=val_list, root=root)

@@ -9,7 +9,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from ..errors import ConfigError
-from .common import DataSplits, PathLike, find_folder, list_images, pair_masks, read_mask
+from .common import DataSplits, PathLike, dataset_images, find_folder, pair_masks, read_mask
 from .detection import RawBoxes, check_classes, make_box_splits
 from .problems import Problem, fail, report
 from .split import split_names
@@ -61,7 +61,7 @@ def build_instance_masks(root: PathLike, *, classes: Sequence[str], images: str 
                           f"ids, not classes), got {classes[1:]}")
     root = Path(root)
     image_dir, mask_dir = find_folder(root, images, "images"), find_folder(root, masks, "masks")
-    files = list_images(image_dir)
+    files = dataset_images(image_dir)
     train, val = split_names([p.name for p in files], split=split, val_ratio=val_ratio, seed=seed,
                              train_list=train_list, val_list=val_list, root=root)
     refs, missing = pair_masks(files, mask_dir, mask_suffix, {*train, *val})

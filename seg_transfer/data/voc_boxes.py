@@ -8,7 +8,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from .common import DataSplits, PathLike, find_folder, list_images, stem
+from .common import DataSplits, PathLike, dataset_images, find_folder, stem
 from .detection import RawBoxes, check_bad_boxes, check_classes, make_box_splits
 from .problems import Problem, fail
 from .split import split_names
@@ -68,7 +68,7 @@ def build_voc_boxes(root: PathLike, *, classes: Sequence[str], images: str = "JP
     bad_boxes = check_bad_boxes(bad_boxes)
     root = find_voc_root(root) if images == "JPEGImages" else Path(root)
     image_dir, ann_dir = find_folder(root, images, "images"), find_folder(root, annotations, "annotations")
-    files = list_images(image_dir)
+    files = dataset_images(image_dir)
     if split in ("ratio", "all"):
         train_list = val_list = None
     train, val = split_names([p.name for p in files], split=split, val_ratio=val_ratio, seed=seed,

@@ -95,7 +95,10 @@ def from_yaml(yaml_path: Path) -> tuple[Optional[list[str]], list[list[Path]]]:
         entries = value if isinstance(value, list) else [] if value is None else [value]
         sides.append([p for entry in entries for p in images_in(_entry(str(entry), key, base, yaml_path))])
     if not sides[0]:
-        raise fail(Problem("missing_image", str(yaml_path), f"{yaml_path}: train: names no images"))
+        said = "has no train: entry" if data.get("train") is None else f"train: {data['train']!r} names no images"
+        raise fail(Problem("missing_image", str(yaml_path), f"{yaml_path}: {said} (Ultralytics' layout: train: "
+                           "images/train, val: images/val, names: [...]); add it, or delete the file to read "
+                           "images/ and labels/ beside it"))
     return names, sides
 
 

@@ -16,6 +16,7 @@ from typing import Any, Callable, Optional, Sequence
 from ..config import Config
 from ..errors import ConfigError
 from ..io import save_text
+from ..run_folder import COMPARE
 from .cv import CrossValidation, Runner, engine_runner, jsonable, plan_folds, pool_of, run_schedule
 
 LEVEL = 0.95
@@ -123,6 +124,6 @@ def run_compare(cfg_a: Config, cfg_b: Config, *, folds: int, out: Path, seeds: i
     summaries = [cv.write() for cv in cvs]
     result = {"a": {"config": sources[0], "dir": str(out / "A")}, "b": {"config": sources[1], "dir": str(out / "B")},
               "overrides": list(overrides), **compare_summaries(summaries[0], summaries[1])}
-    save_text(json.dumps(jsonable(result), indent=1) + "\n", out / "compare.json")
+    save_text(json.dumps(jsonable(result), indent=1) + "\n", out / COMPARE)
     return {**result, "summaries": summaries}  # the two cv summaries: in memory only (each has its own file)
 

@@ -28,6 +28,7 @@ from ..data.split import group_keys, kfold, limit_items
 from ..errors import ConfigError
 from ..io import save_text
 from ..models.build import task_of
+from ..run_folder import CvFolder, RunFolder
 from .plots import plot_cross_validation
 
 
@@ -134,7 +135,7 @@ def fold_config(cfg: Config, plan: FoldPlan, fold: int, seed: int, run_dir: Path
     run_dir.mkdir(parents=True, exist_ok=True)
     lists = {}
     for side, idx in (("train", plan.train[fold]), ("val", plan.val[fold])):
-        path = run_dir / f"{side}.txt"
+        path = RunFolder(run_dir).list_file(side)
         save_text("".join(f"{plan.pool.names[i]}\n" for i in idx), path)
         lists[f"{side}_list"] = str(path.resolve())
     # group_regex and val_groups pick a split of their own, which the lists replace
@@ -150,10 +151,10 @@ def fold_config(cfg: Config, plan: FoldPlan, fold: int, seed: int, run_dir: Path
 # ------------------------------------------------------------------------------------------ running
 def read_metrics(run_dir: Path) -> dict[str, Any]:
     """The last evaluation a run folder holds (``val_metrics_last.json``), class names left out."""
-    path = run_dir / "val_metrics_last.json"
-    if not path.is_file():
-        raise ConfigError(f"{path}: no evaluation was written (train.epochs: 0?)")
-    metrics = json.loads(path.read_text())
+    folder = RunFolder(run_dir)
+    metrics = folder.val_metrics("last")
+    if metrics is None:
+        raise ConfigError(f"{folder.val_metrics_last}: no evaluation was written (train.epochs: 0?)")
     metrics.pop("classes", None)
     return metrics
 
@@ -166,7 +167,7 @@ def engine_runner(progress: bool = True, log: Optional[Callable[[str], None]] = 
     shown: set[Path] = set()  # the recipes' folders (cv's DIR; compare's DIR/A, DIR/B) whose tables were printed
 
     def run(cfg: Config, run_dir: Path) -> Outcome:
-        (run_dir / "val_metrics_last.json").unlink(missing_ok=True)  # never an earlier run's figures
+        RunFolder(run_dir).val_metrics_last.unlink(missing_ok=True)  # never an earlier run's figures
         trainer = Trainer(cfg, run_dir=run_dir, progress=progress, log=log, show_transfer=run_dir.parent not in shown)
         shown.add(run_dir.parent)
         trainer.fit()
@@ -228,14 +229,15 @@ class CrossValidation:
         self.label = ""
         self.runs: list[FoldRun] = []
         self.out.mkdir(parents=True, exist_ok=True)
-        save_text(json.dumps(plan.to_dict(), indent=1) + "\n", self.out / "folds.json")
+        save_text(json.dumps(plan.to_dict(), indent=1) + "\n", CvFolder(self.out).folds)
 
     def run_one(self, fold: int, s: int) -> FoldRun:
         """Train fold ``fold`` (0-based) with seed ``base_seed + s``; an exception becomes the run's error."""
         seed = self.base_seed + s
-        run_dir = self.out / f"fold{fold + 1}_seed{seed}"
+        folder = CvFolder(self.out).run(fold + 1, seed)
+        run_dir = folder.path
         record = FoldRun(fold + 1, seed, run_dir, len(self.plan.train[fold]), len(self.plan.val[fold]))
-        (run_dir / "error.txt").unlink(missing_ok=True)  # an earlier attempt's
+        folder.error.unlink(missing_ok=True)  # an earlier attempt's
         start = time.perf_counter()
         try:
             outcome = self.runner(fold_config(self.cfg, self.plan, fold, seed, run_dir), run_dir)
@@ -243,7 +245,7 @@ class CrossValidation:
         except Exception as err:  # noqa: BLE001 - any failure of one run is reported, the others go on
             record.error = f"{type(err).__name__}: {err}".splitlines()[0]
             run_dir.mkdir(parents=True, exist_ok=True)
-            save_text(traceback.format_exc(), run_dir / "error.txt")
+            save_text(traceback.format_exc(), folder.error)
         record.seconds = time.perf_counter() - start
         self.runs.append(record)
         self.write(plot=False)  # the figures so far survive a crash or Ctrl-C; the plot comes at the end
@@ -292,8 +294,9 @@ class CrossValidation:
     def write(self, plot: bool = True) -> dict[str, Any]:
         """cv_summary.json, cv_summary.csv and (``plot``) cv.png into the output folder; returns the summary."""
         s = self.summary()
-        save_text(json.dumps(jsonable(s), indent=1) + "\n", self.out / "cv_summary.json")
-        save_text(summary_csv(s), self.out / "cv_summary.csv")
+        folder = CvFolder(self.out)
+        save_text(json.dumps(jsonable(s), indent=1) + "\n", folder.summary_json)
+        save_text(summary_csv(s), folder.summary_csv)
         done = [row for row in s["runs"] if row["error"] is None]
         if done and plot:
             key = next((k for k in PLOTTED_PER_CLASS if k in s["per_class"]), next(iter(s["per_class"]), None))
@@ -302,7 +305,7 @@ class CrossValidation:
                        for c in (s["per_class"][key] if key else {})}
             title = f"{self.name + ': ' if self.name else ''}{s['folds']} folds x {s['seeds']} seed(s), " \
                     f"{len(done)} run(s)"
-            plot_cross_validation(scores, classes, key or "", self.out / "cv.png", title)
+            plot_cross_validation(scores, classes, key or "", folder.plot, title)
         return s
 
 
@@ -398,7 +401,7 @@ def run_schedule(cvs: Sequence[CrossValidation], log: Callable[[str], None] = pr
             f"({s + 1}/{seeds}); run {n + 1}/{len(jobs)}; {len(plan.train[f])} train / {len(plan.val[f])} val{left}")
         r = cv.run_one(f, s)
         line = f"{_recipe(cv)}fold {f + 1}/{plan.k} seed {r.seed}: " + (
-            f"FAILED ({r.error}); details in {r.run_dir / 'error.txt'}" if r.error else
+            f"FAILED ({r.error}); details in {RunFolder(r.run_dir).error}" if r.error else
             f"{cv.label} {float(r.metrics.get(cv.metric or '', math.nan)):.4f} in {duration(r.seconds)}")
         if finished is not None:
             finished(line)

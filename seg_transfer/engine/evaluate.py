@@ -21,8 +21,9 @@ from ..io import resolve_device, save_text
 from ..models.build import model_info
 from ..models.checkpoint import load_checkpoint
 from ..models.tta import TTA, TTAModel
+from ..run_folder import BEST_WORST, CONFIG, EVAL_DIR, EVAL_METRICS, REPORT, RUN_JSON, RunFolder
 from . import distributed as D
-from .metrics import Meter
+from .metrics.base import Meter
 from .report import write_report
 from .split_forward import forward_module
 from .tasks import Task, build_task
@@ -79,16 +80,17 @@ def run_data(checkpoint: Union[str, os.PathLike]) -> Optional[tuple[dict[str, An
     """The ``data:`` block of the run folder ``checkpoint`` lies in (its config.yaml, as the run saved it:
     list files, group split, absolute root) and that file; None for a checkpoint outside a run folder.
     Its val split is the one the run validated on."""
-    path = Path(checkpoint).parent / "config.yaml"  # as the user named the checkpoint: what is printed
-    if not path.is_file():
+    folder = RunFolder(Path(checkpoint).parent)  # as the user named the checkpoint: what is printed
+    path = folder.saved_config()
+    if path is None:
         return None
     data = load_yaml(str(path)).get("data")
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: no 'data:' block to score the run's val split with; give data overrides")
     root = data.get("root")
     if isinstance(root, str) and not os.path.isabs(root):  # a run saved before roots were made absolute
-        info = path.parent / "run.json"
-        cwd = json.loads(info.read_text()).get("cwd") if info.is_file() else None
+        info = folder.run()
+        cwd = info.get("cwd") if info is not None else None
         if cwd:  # relative to where that run was started, which run.json recorded
             data = {**data, "root": os.path.join(cwd, root)}
     return data, path
@@ -120,15 +122,16 @@ def evaluate_checkpoint(cfg: Config, checkpoint: Union[str, os.PathLike], out_di
     loaded = time.perf_counter()
     val_loss, metrics, meter = evaluate(model, dataset, task, device_, cfg.train.val_batch_size, progress=progress)
     evaluated = time.perf_counter()
-    out = Path(out_dir) if out_dir else Path(checkpoint).resolve().parent / "eval"
+    out = Path(out_dir) if out_dir else Path(checkpoint).resolve().parent / EVAL_DIR
+    folder = RunFolder(out)
     out.mkdir(parents=True, exist_ok=True)
     extra = task.write_report(metrics, meter, out)
     files = list(extra.get("files", []))
     scores = meter.image_scores()
     k = max(1, cfg.output.num_predictions // 2) if cfg.output.num_predictions else 0
-    if task.plot_best_worst(model, dataset, scores, k, device_, out / "predictions_best_worst.png"):
-        files.append("predictions_best_worst.png")
-    save_text(dump_config(cfg), out / "config.yaml")
+    if task.plot_best_worst(model, dataset, scores, k, device_, folder.best_worst):
+        files.append(BEST_WORST)
+    save_text(dump_config(cfg), folder.config)
     names = getattr(dataset, "names", None)
     report = {**plain_metrics(metrics), "val_loss": val_loss, "classes": classes, "images": len(dataset),
               "checkpoint": str(checkpoint), "tta": str(tta) if tta else None, **extra, "out_dir": str(out),
@@ -136,18 +139,18 @@ def evaluate_checkpoint(cfg: Config, checkpoint: Union[str, os.PathLike], out_di
               "per_class": task.per_class(metrics), "image_score": task.image_score, "image_scores": scores,
               "image_names": names if isinstance(names, list) else None,
               "summary": task.report_lines(metrics),
-              "files": ["metrics.json", *sorted([*files, "config.yaml", "run.json", "report.html"])]}
-    save_text(json.dumps(report, indent=1) + "\n", out / "metrics.json")
+              "files": [EVAL_METRICS, *sorted([*files, CONFIG, RUN_JSON, REPORT])]}
+    save_text(json.dumps(report, indent=1) + "\n", folder.eval_metrics)
     train_run = Path(checkpoint).resolve().parent
     run = {"kind": "evaluate", "command": list(command) if command is not None else None, "cwd": os.getcwd(),
            "checkpoint": str(Path(checkpoint).resolve()),
-           "train_run": str(train_run) if (train_run / "config.yaml").is_file() else None,
+           "train_run": str(train_run) if RunFolder(train_run).saved_config() else None,
            "data_from": data_from,
            "task": task.name, "metric": task.main_metric, "metric_label": task.metric_label,
            "image_score": task.image_score, "classes": classes, "images": {"val": len(dataset)},
            "device": str(device_), "world_size": 1, "started": started, "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
            "load_seconds": loaded - start, "eval_seconds": evaluated - loaded,
            "total_seconds": time.perf_counter() - start}
-    save_text(json.dumps(run, indent=1) + "\n", out / "run.json")
+    save_text(json.dumps(run, indent=1) + "\n", folder.run_json)
     write_report(out)
     return report

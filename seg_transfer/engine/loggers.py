@@ -18,6 +18,7 @@ from PIL import Image
 
 from ..errors import ConfigError, unknown
 from ..io import save_text
+from ..run_folder import RunFolder
 
 PerClass = Mapping[str, Mapping[str, float]]  # class name -> {metric: value}
 
@@ -50,7 +51,7 @@ class CsvLogger(RunLogger):
         self.path: Optional[Path] = None
 
     def start(self, run_dir: Path, texts: Mapping[str, str], first_step: int = 0) -> None:
-        self.path = run_dir / "metrics.csv"
+        self.path = RunFolder(run_dir).metrics_csv
 
     def epoch(self, history: Sequence[Mapping[str, Any]], per_class: PerClass,
               images: Mapping[str, Path]) -> None:

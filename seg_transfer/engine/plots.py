@@ -25,6 +25,7 @@ from torch import nn
 from ..errors import unknown
 from ..io import atomic_path, read_image
 from ..models.build import model_info
+from ..run_folder import CONFUSION, RunFolder
 from ..viz import VOID, draw_boxes, palette
 
 PathLike = Union[str, os.PathLike]
@@ -295,8 +296,8 @@ def plot_confusion(matrix: Any, classes: Sequence[str], path: PathLike, normaliz
 
 def confusion_report(matrix: torch.Tensor, classes: Sequence[str], out_dir: Path, unit: str = "pixels") -> dict[str, Any]:
     """``confusion.png`` in ``out_dir``, and the counts for the evaluation report."""
-    plot_confusion(matrix.cpu().numpy(), classes, out_dir / "confusion.png", unit=unit)
-    return {"confusion": matrix.tolist(), "files": ["confusion.png"]}
+    plot_confusion(matrix.cpu().numpy(), classes, RunFolder(out_dir).confusion, unit=unit)
+    return {"confusion": matrix.tolist(), "files": [CONFUSION]}
 
 
 def plot_detection_confusion(matrix: np.ndarray, classes: Sequence[str], path: PathLike, iou: float = 0.5,

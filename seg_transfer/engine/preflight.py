@@ -52,10 +52,19 @@ def preflight(cfg: Config, splits: DataSplits, note: Callable[[str], None] = lam
         lambda: _check_weights(cfg, note),
         lambda: apply_freeze(net, f.strategy, f.stages, f.unfreeze_from, f.bn),
         lambda: check_stages(net, list(f.schedule.values()), "freeze.schedule") if f.schedule else None,
-        lambda: build_task(model_info(net).task, cfg, splits).transforms(cfg.augment, model_info(net).preprocess),
+        lambda: _task(cfg, splits, net, note),
         optimizer, device,
         lambda: build_loggers(t.loggers, []),
     ])
+
+
+def _task(cfg: Config, splits: DataSplits, net: torch.nn.Module, note: Callable[[str], None]) -> None:
+    """The task's transforms build; settings it ignores (``augment.crop_size`` outside segmentation) are notes."""
+    info = model_info(net)
+    task = build_task(info.task, cfg, splits)
+    task.transforms(cfg.augment, info.preprocess)
+    for line in task.ignored_settings(cfg.augment):
+        note(line.removeprefix("warning: "))
 
 
 def _run(steps: list[Callable[[], object]]) -> list[str]:

@@ -10,9 +10,7 @@ and worst val images by their own score), timings, config.
 from __future__ import annotations
 
 import base64
-import csv
 import html
-import json
 import math
 import shlex
 from pathlib import Path
@@ -20,6 +18,22 @@ from typing import Any, Callable, Iterable, Optional, Sequence, Union
 
 from ..errors import SegTransferError
 from ..io import save_text
+from ..run_folder import (
+    BEST_WORST,
+    CONFIG,
+    CONFUSION,
+    CURVES,
+    EVAL_METRICS,
+    MARKERS,
+    METRICS_CSV,
+    PR_CURVES,
+    PREDICTIONS,
+    RUN_JSON,
+    TRANSFER_REPORT,
+    VAL_METRICS_BEST,
+    RunFolder,
+    read_json,
+)
 
 STYLE = """
 body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: #1d232b; margin: 0;
@@ -69,10 +83,10 @@ class RunFiles:
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
-        self.run = self.json("run.json") or {}
+        self.run = self.json(RUN_JSON) or {}
         train = self.run.get("train_run")
         self.train = Path(train) if train and Path(train).is_dir() and Path(train) != folder else None
-        self.train_run = (_read_json(self.train / "run.json") or {}) if self.train else {}
+        self.train_run = (read_json(RunFolder(self.train).run_json) or {}) if self.train else {}
 
     def find(self, name: str, train_too: bool = True) -> Optional[Path]:
         """``name`` in the folder, else (``train_too``) in the training run's."""
@@ -83,19 +97,11 @@ class RunFiles:
 
     def json(self, name: str, train_too: bool = False) -> Optional[dict[str, Any]]:
         path = self.find(name, train_too)
-        return _read_json(path) if path else None
+        return read_json(path) if path else None
 
     def text(self, name: str, train_too: bool = False) -> Optional[str]:
         path = self.find(name, train_too)
         return path.read_text(errors="replace") if path else None
-
-
-def _read_json(path: Path) -> Optional[dict[str, Any]]:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
 
 
 def _history(files: RunFiles) -> list[dict[str, Any]]:
@@ -103,18 +109,8 @@ def _history(files: RunFiles) -> list[dict[str, Any]]:
     for run in (files.run, files.train_run):
         if run.get("history"):
             return list(run["history"])
-    path = files.find("metrics.csv")
-    if path is None:
-        return []
-    with open(path, newline="") as f:
-        return [{k: _number(v) for k, v in row.items()} for row in csv.DictReader(f)]
-
-
-def _number(value: Any) -> Any:
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return value
+    path = files.find(METRICS_CSV)
+    return RunFolder(path.parent).metrics_rows() if path else []
 
 
 # ------------------------------------------------------------------------------------------ writing
@@ -167,7 +163,7 @@ def _kv(pairs: Iterable[tuple[str, str]]) -> str:
 def _config(files: RunFiles) -> dict[str, Any]:
     import yaml  # a dependency already (configs are YAML); here only to read the saved one
 
-    text = files.text("config.yaml", train_too=True)
+    text = files.text(CONFIG, train_too=True)
     try:
         data = yaml.safe_load(text) if text else None
     except yaml.YAMLError:
@@ -227,8 +223,8 @@ def _command(files: RunFiles) -> str:
         if command_line(r):
             out.append(f"<p class=\"note\">resumed at epoch {_e(r.get('epoch'))} ({_e(r.get('at'))}):</p>"
                        f"<pre>{_e(command_line(r))}</pre>")
-    if run.get("kind") != "evaluate" and files.find("config.yaml", train_too=False):
-        config = files.folder.resolve() / "config.yaml"
+    if run.get("kind") != "evaluate" and files.find(CONFIG, train_too=False):
+        config = RunFolder(files.folder.resolve()).config
         out.append(f"<p class=\"note\">The saved, resolved config reruns it too (same data paths, same seed):</p>"
                    f"<pre>{_e(shlex.join(['seg-transfer', 'finetune', str(config)]))}</pre>")
     return "".join(out)
@@ -246,7 +242,7 @@ def _transfer(files: RunFiles, cfg: dict[str, Any]) -> str:
     out = []
     if files.train is not None:
         out.append(f'<p class="note">From the training run {_e(files.train)}.</p>')
-    report = files.json("transfer_report.json", train_too=True)
+    report = files.json(TRANSFER_REPORT, train_too=True)
     model = cfg.get("model") or {}
     if report:
         c = report.get("counts", {})
@@ -285,7 +281,7 @@ def _transfer(files: RunFiles, cfg: dict[str, Any]) -> str:
         if unfrozen:
             out.append(f"<p>Unfrozen during training (freeze.schedule): {_e(', '.join(unfrozen))}.</p>")
     else:
-        out.append(_missing("the freezing table (run.json)"))
+        out.append(_missing(f"the freezing table ({RUN_JSON})"))
     return "".join(out)
 
 
@@ -313,7 +309,7 @@ def _built_weights(model: dict[str, Any]) -> str:
 
 def _per_class(files: RunFiles, best: Optional[dict[str, Any]], history: list[dict[str, Any]]) -> str:
     if not best or not best.get("per_class"):
-        return _missing("per-class figures (val_metrics_best.json / metrics.json)")
+        return _missing(f"per-class figures ({VAL_METRICS_BEST} / {EVAL_METRICS})")
     per_class: dict[str, dict[str, Any]] = best["per_class"]
     columns = list(dict.fromkeys(k for v in per_class.values() for k in v))
     label = files.run.get("metric_label") or best.get("metric", "")
@@ -336,11 +332,11 @@ def _per_class(files: RunFiles, best: Optional[dict[str, Any]], history: list[di
 
 
 def _curves(files: RunFiles) -> str:
-    path = files.find("curves.png")
+    path = files.find(CURVES)
     note = ""
     if path is not None and files.run.get("kind") == "evaluate":
         note = f'<p class="note">From the training run {_e(path.parent)}.</p>'
-    return note + image(path, "loss and validation curves per epoch", "curves.png (no epoch finished)")
+    return note + image(path, "loss and validation curves per epoch", f"{CURVES} (no epoch finished)")
 
 
 def _confusion(files: RunFiles, task: str) -> str:
@@ -350,18 +346,18 @@ def _confusion(files: RunFiles, task: str) -> str:
              "classification": f"Images {when}; each row (label) normalised to 1: the diagonal is each class's recall.",
              "detection": f"Boxes {when}, matched one to one at IoU 0.5 (detections scoring at least 0.5): the first "
                           "row counts false alarms, the first column missed boxes."}
-    return f'<p class="note">{_e(notes.get(task, ""))}</p>' + image(files.find("confusion.png", train_too=False),
-                                                                    "confusion matrix", "confusion.png")
+    return f'<p class="note">{_e(notes.get(task, ""))}</p>' + image(files.find(CONFUSION, train_too=False),
+                                                                    "confusion matrix", CONFUSION)
 
 
 def _predictions(files: RunFiles, best: Optional[dict[str, Any]]) -> str:
     out = []
     label = (best or {}).get("image_score") or files.run.get("image_score") or "score"
-    path = files.find("predictions_best_worst.png", train_too=False)
+    path = files.find(BEST_WORST, train_too=False)
     if path is not None:
         out.append(f'<p class="note">Ranked by each image\'s own {_e(label)} at the best epoch (best first, '
                    f'then the worst).</p>')
-    out.append(image(path, "best and worst val images", "predictions_best_worst.png (output.num_predictions: 0?)"))
+    out.append(image(path, "best and worst val images", f"{BEST_WORST} (output.num_predictions: 0?)"))
     scores = (best or {}).get("image_scores") or []
     if scores:
         finite = sorted(s for s in scores if isinstance(s, (int, float)) and math.isfinite(s))
@@ -371,10 +367,10 @@ def _predictions(files: RunFiles, best: Optional[dict[str, Any]]) -> str:
                 if finite[0] == finite[-1] else ""
             out.append(f'<p class="note">{_e(label)} over {len(finite)} val images: min {finite[0]:.3f}, '
                        f'median {mid:.3f}, max {finite[-1]:.3f}.{same}</p>')
-    spread = files.find("predictions.png", train_too=False)
+    spread = files.find(PREDICTIONS, train_too=False)
     if spread is not None and files.run.get("kind") != "evaluate":  # folded: the page stays short
         out.append("<details><summary>Predictions spread evenly over the val split (the last epoch's "
-                   "predictions.png)</summary>" + image(spread, "predictions over the val split") + "</details>")
+                   f"{PREDICTIONS})</summary>" + image(spread, "predictions over the val split") + "</details>")
     return "".join(out)
 
 
@@ -397,7 +393,7 @@ def _timings(files: RunFiles, history: list[dict[str, Any]]) -> str:
             if isinstance(run.get("fit_seconds"), (int, float)) and run["fit_seconds"] > sum(secs):
                 note += f"; writing checkpoints and figures took {_seconds(run['fit_seconds'] - sum(secs))} more"
             out.append(f'<p class="note">{_e(note)}.</p>')
-    return "".join(out) or _missing("timings (run.json)")
+    return "".join(out) or _missing(f"timings ({RUN_JSON})")
 
 
 # -------------------------------------------------------------------------------------------- page
@@ -407,12 +403,11 @@ def render(folder: Union[str, Path]) -> str:
     if not folder.is_dir():
         raise SegTransferError(f"{folder}: no such run folder")
     files = RunFiles(folder)
-    markers = ("run.json", "config.yaml", "metrics.csv", "metrics.json")
-    if not any((folder / m).is_file() for m in markers):
-        raise SegTransferError(f"{folder}: not a run folder (none of {', '.join(markers)} is there)")
+    if not RunFolder(folder).is_run_folder():
+        raise SegTransferError(f"{folder}: not a run folder (none of {', '.join(MARKERS)} is there)")
     cfg = _config(files)
     history = _history(files)
-    best = files.json("val_metrics_best.json") or files.json("metrics.json")
+    best = files.json(VAL_METRICS_BEST) or files.json(EVAL_METRICS)
     task = files.run.get("task") or ""
     sections: dict[str, Callable[[], str]] = {
         "summary": lambda: _summary(files, cfg, best),
@@ -421,12 +416,12 @@ def render(folder: Union[str, Path]) -> str:
         "curves": lambda: _curves(files),
         "per-class": lambda: _per_class(files, best, history),
         "confusion": lambda: _confusion(files, task),
-        "pr-curves": lambda: image(files.find("pr_curves.png", train_too=False), "precision-recall curves per class",
-                                   "pr_curves.png"),
+        "pr-curves": lambda: image(files.find(PR_CURVES, train_too=False), "precision-recall curves per class",
+                                   PR_CURVES),
         "predictions": lambda: _predictions(files, best),
         "timings": lambda: _timings(files, history),
-        "config": lambda: (f"<pre>{_e(files.text('config.yaml', train_too=True))}</pre>"
-                           if files.find("config.yaml") else _missing("config.yaml")),
+        "config": lambda: (f"<pre>{_e(files.text(CONFIG, train_too=True))}</pre>"
+                           if files.find(CONFIG) else _missing(CONFIG)),
     }
     shown = [s for s in SECTIONS if s != "pr-curves" or task == "detection"]
     body = "".join(f'<section id="{s}"><h2>{_e(TITLES[s])}</h2>{sections[s]()}</section>' for s in shown)
@@ -441,5 +436,5 @@ def render(folder: Union[str, Path]) -> str:
 
 def write_report(folder: Union[str, Path], out: Optional[Union[str, Path]] = None) -> Path:
     """``folder/report.html`` (or ``out``), written atomically; returns its path."""
-    path = Path(out) if out else Path(folder) / "report.html"
+    path = Path(out) if out else RunFolder(folder).report
     return save_text(render(folder), path)

@@ -33,6 +33,7 @@ from ..io import resolve_device, save_text
 from ..models import weights as W
 from ..models.build import is_binary, model_info
 from ..models.checkpoint import read_checkpoint, save_checkpoint
+from ..run_folder import BEST, RunFolder
 from ..transfer.class_init import class_aware_init
 from ..transfer.freeze import apply_freeze, bn_held_in_eval, freeze_counts, freeze_table, param_groups, unfreeze
 from ..transfer.loading import TransferReport, load_matching
@@ -42,7 +43,7 @@ from . import distributed as D
 from .cache import CachedFeatureDataset, FeatureCache, can_cache, collate_features, trainable_backbone
 from .evaluate import evaluate, plain_metrics, to_device
 from .loggers import Loggers, build_loggers
-from .metrics import Meter
+from .metrics.base import Meter
 from .optim import add_param_group, autocast_settings, build_optimizer, build_scheduler, grad_scaler
 from .plots import plot_curves
 from .precise_bn import recompute_bn_stats, trainable_bn
@@ -175,6 +176,8 @@ class Trainer:
 
         info = model_info(self.model)
         self.task: Task = build_task(info.task, cfg, splits)
+        for warning in self.task.ignored_settings(cfg.augment):
+            self.log(warning)
         self.channels_last = use_channels_last(t.channels_last, info.task, self.device)
         if self.channels_last:  # before the optimizer exists: it keeps the parameters it is given
             self.model.to(memory_format=torch.channels_last)
@@ -209,7 +212,7 @@ class Trainer:
         self.history: list[dict[str, float]] = []
         self.unfrozen: list[str] = []
         if resume:
-            self._load_state(self.run_dir / "last.pt")
+            self._load_state(self.folder.last)
         self.net = self._wrap()
         self.setup_seconds = time.perf_counter() - setup_start
 
@@ -412,7 +415,7 @@ class Trainer:
                 value = loss.item()
                 if not math.isfinite(value):
                     raise TrainingDiverged(
-                        f"epoch {epoch + 1}, batch {step + 1}: loss is {value}; stopped (best.pt is intact). "
+                        f"epoch {epoch + 1}, batch {step + 1}: loss is {value}; stopped ({BEST} is intact). "
                         f"Lower train.lr (now {self.lr:g}), set train.grad_clip, or train.amp=off")
                 self.scaler.scale(loss / t.accumulate).backward()
             total += value * len(targets)
@@ -490,9 +493,9 @@ class Trainer:
         fit_start = time.perf_counter()
         if D.is_main():
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            save_text(dump_config(self.cfg), self.run_dir / "config.yaml")
+            save_text(dump_config(self.cfg), self.folder.config)
             if self.report is not None:
-                save_text(json.dumps(self.report.to_dict(), indent=1) + "\n", self.run_dir / "transfer_report.json")
+                save_text(json.dumps(self.report.to_dict(), indent=1) + "\n", self.folder.transfer_report)
             texts = {"config": dump_config(self.cfg), "freeze": freeze_table(self.model)}
             if self.report is not None:
                 texts["transfer"] = self.report.format()
@@ -551,6 +554,11 @@ class Trainer:
 
     # ------------------------------------------------------------------------------ outputs, state
 
+    @property
+    def folder(self) -> RunFolder:
+        """The run folder's files (``run_dir``)."""
+        return RunFolder(self.run_dir)
+
     def _print_start(self) -> None:
         self.log(f"run folder: {self.run_dir}")
         limited = (f" (train.limit_train: a fixed subset of {self.train_split})"
@@ -572,9 +580,8 @@ class Trainer:
         the original command and start, and lists each resume."""
         now = time.strftime("%Y-%m-%dT%H:%M:%S")
         here = {"command": self.command, "cwd": os.getcwd(), "world_size": D.world_size(), "device": str(self.device)}
-        path = self.run_dir / "run.json"
-        if self.resume and path.is_file():
-            info = json.loads(path.read_text())
+        info = self.folder.run() if self.resume else None
+        if info is not None:
             info.setdefault("resumes", []).append({**here, "at": now, "epoch": self.start_epoch})
             info["finished"] = None
             return info
@@ -596,30 +603,31 @@ class Trainer:
     def _save_run_info(self) -> None:
         self.run_info.update(history=[dict(r) for r in self.history], best=float(self.best), best_epoch=self.best_epoch,
                              unfrozen=list(self.unfrozen))
-        save_text(json.dumps(self.run_info, indent=1, default=float) + "\n", self.run_dir / "run.json")
+        save_text(json.dumps(self.run_info, indent=1, default=float) + "\n", self.folder.run_json)
 
     def _write_epoch(self, epoch: int, metrics: dict[str, Any], improved: bool, meter: Optional[Meter] = None) -> None:
+        folder = self.folder
         save_text(json.dumps({**metrics, "classes": self.classes}, indent=1, default=float) + "\n",
-                  self.run_dir / "val_metrics_last.json")
-        plot_curves(self.history, self.run_dir / "curves.png", metric=self.task.main_metric)
+                  folder.val_metrics_last)
+        plot_curves(self.history, folder.curves, metric=self.task.main_metric)
         images: dict[str, Path] = {}
         n = self.cfg.output.num_predictions
         if n:
-            images["predictions"] = self.run_dir / "predictions.png"
+            images["predictions"] = folder.predictions
             self.task.plot_predictions(self.model, self.val_images, n, self.device, images["predictions"])
         if improved and meter is not None:
             # the best epoch's own figures: what report.html shows
             extra = self.task.write_report(metrics, meter, self.run_dir)
             scores = meter.image_scores()
             if n and self.task.plot_best_worst(self.model, self.val_images, scores, max(1, n // 2), self.device,
-                                               self.run_dir / "predictions_best_worst.png"):
-                images["best_worst"] = self.run_dir / "predictions_best_worst.png"
+                                               folder.best_worst):
+                images["best_worst"] = folder.best_worst
             names = getattr(self.val_images, "names", None)
             best = {**plain_metrics(metrics), "classes": self.classes, "epoch": epoch + 1,
                     "metric": self.task.main_metric, "per_class": self.task.per_class(metrics),
                     "image_score": self.task.image_score, "image_scores": scores,
                     "image_names": names if isinstance(names, list) else None, **extra}
-            save_text(json.dumps(best, indent=1, default=float) + "\n", self.run_dir / "val_metrics_best.json")
+            save_text(json.dumps(best, indent=1, default=float) + "\n", folder.val_metrics_best)
         self.loggers.epoch(self.history, self.task.per_class(metrics), images)
         self._save_info_and_last(epoch, metrics, improved)
 
@@ -635,9 +643,9 @@ class Trainer:
                  "history": [dict(r) for r in self.history], "unfrozen": list(self.unfrozen),
                  "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                  "scaler": self.scaler.state_dict(), "config": to_dict(self.cfg), "metrics": plain_metrics(metrics)}
-        save_checkpoint(self.run_dir / "last.pt", self.model, **extra)
+        save_checkpoint(self.folder.last, self.model, **extra)
         if improved:
-            save_checkpoint(self.run_dir / "best.pt", self.model, **extra)
+            save_checkpoint(self.folder.best, self.model, **extra)
 
     def _load_state(self, path: Path) -> None:
         ckpt = read_checkpoint(path)

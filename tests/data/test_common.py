@@ -7,9 +7,9 @@ from PIL import Image
 from seg_transfer.data import DataError
 from seg_transfer.data.common import (
     ORIENTATION,
+    dataset_images,
     image_file_shape,
     index_by_stem,
-    list_images,
     pair_masks,
     read_mask,
     read_rgb,
@@ -30,14 +30,14 @@ def test_two_files_with_one_stem_are_ambiguous(tmp_path):
     save(tmp_path / "a.jpg", pair(0)[0])
     save(tmp_path / ".b.png", pair(0)[0])  # hidden: not listed
     with pytest.raises(DataError, match="share the name 'a'") as info:
-        list_images(tmp_path)
+        dataset_images(tmp_path)
     assert info.value.problem.kind == "duplicate_name"
     (tmp_path / "a.jpg").unlink()
-    assert [p.name for p in list_images(tmp_path)] == ["a.png"]
-    assert index_by_stem(list_images(tmp_path), "a") == {"": tmp_path / "a.png"}
+    assert [p.name for p in dataset_images(tmp_path)] == ["a.png"]
+    assert index_by_stem(dataset_images(tmp_path), "a") == {"": tmp_path / "a.png"}
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match="images folder .*empty holds no images"):
-        list_images(tmp_path / "empty")
+        dataset_images(tmp_path / "empty")
 
 
 def test_pair_masks_reports_only_the_used_images_without_a_mask(tmp_path):

@@ -117,6 +117,9 @@ def test_missing_paths_name_the_yaml_key(tmp_path):
         yolo(root)
     with pytest.raises(DataError, match="no such folder"):
         yolo(tmp_path / "nowhere")
+    root = yolo_tree(tmp_path / "names_only", SPLITS, yaml_text="names: [cat, dog]\n")
+    with pytest.raises(DataError, match=r"data.yaml: has no train: entry .Ultralytics' layout"):
+        yolo(root)
 
 
 def test_indexing_reads_image_headers_only(tmp_path, monkeypatch):

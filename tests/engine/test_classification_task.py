@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from engine.synthetic_classes import make_classes
-from seg_transfer.config import Config, from_dict
+from seg_transfer.config import AugmentConfig, Config, from_dict
 from seg_transfer.engine.evaluate import evaluate_checkpoint
 from seg_transfer.engine.metrics import ClassificationMeter, classification_metrics
 from seg_transfer.engine.trainer import Trainer
@@ -82,6 +82,26 @@ def test_loss_label_smoothing_and_class_weights(data_root, tmp_path, one_thread)
     logits, target = torch.randn(5, 2), torch.tensor([0, 1, 1, 0, 1])
     expected = F.cross_entropy(logits, target, weight=torch.tensor([1.0, 3.0]), label_smoothing=0.1)
     assert torch.allclose(trainer.task.loss(logits, target), expected)
+
+
+def test_crop_size_set_for_classification_is_said_at_start(data_root, tmp_path):
+    """augment.crop_size is not what crops a classification run: the run says so in one line when it is set."""
+    lines: list[str] = []
+    trainer = Trainer(_config(data_root, tmp_path, augment={"crop_size": 224}), progress=False, log=lines.append)
+    assert [s for s in lines if "crop_size" in s] == [
+        "warning: augment.crop_size: 224 is not used by classification: the crop is the weights' crop size; "
+        "set model.resize: N to scale it, or name a crop step in augment.train"]
+    assert trainer.task.ignored_settings(AugmentConfig()) == []  # the default every config carries says nothing
+
+
+def test_check_data_notes_the_ignored_crop_size(data_root, tmp_path):
+    from seg_transfer.engine.preflight import preflight
+    from seg_transfer.engine.trainer import run_splits
+
+    cfg = _config(data_root, tmp_path, augment={"crop_size": 224})
+    notes: list[str] = []
+    assert preflight(cfg, run_splits(cfg), note=notes.append) == []
+    assert any(n.startswith("augment.crop_size: 224 is not used by classification") for n in notes), notes
 
 
 def test_frozen_parameters_bitwise_unchanged(data_root, tmp_path, one_thread):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from seg_transfer.config import Config, from_dict
+from seg_transfer.config import AugmentConfig, Config, from_dict
 from seg_transfer.data.detection import BoxTransform, build_box_pipeline, build_box_transforms, detection_collate
 from seg_transfer.engine.metrics import CocoMeter
 from seg_transfer.engine.trainer import Trainer
@@ -252,6 +252,19 @@ def test_pr_curves_reuse_cocoeval_precision(tmp_path):
     assert meter.pr_precision.mean(1) == pytest.approx(m["ap50_per_class"])
     from seg_transfer.engine.plots import plot_pr_curves
     assert plot_pr_curves(meter.pr_recall, meter.pr_precision, CLASSES, tmp_path / "pr.png").stat().st_size > 5000
+
+
+def test_crop_size_set_for_detection_is_named_as_unused(tmp_path):
+    from seg_transfer.data.registry import build_dataset
+    from seg_transfer.engine.tasks.detection import DetectionTask
+
+    cfg = from_dict(Config, config(make_voc_boxes(tmp_path / "data", n=2, size=64, val=1), tmp_path / "runs",
+                                   SMALL_DETECTOR, augment={"crop_size": 512}))
+    task = DetectionTask(cfg, build_dataset(cfg.data))
+    assert task.ignored_settings(cfg.augment) == [
+        "warning: augment.crop_size: 512 is not used by detection: the detector resizes inside (model.resize); "
+        "name a crop step in augment.train, e.g. RandomSizedBBoxSafeCrop"]
+    assert task.ignored_settings(AugmentConfig()) == []
 
 
 # ------------------------------------------------------------------------------------------ val loss

@@ -82,6 +82,12 @@ def test_binary_task_options_and_errors(data_root, tmp_path):
     assert type(segmentation_task(from_dict(Config, config(data_root, tmp_path)), plain)).__name__ == "SegmentationTask"
 
 
+def test_segmentation_reads_augment_crop_size(data_root, tmp_path):
+    cfg = from_dict(Config, binary_config(data_root, tmp_path, augment={"crop_size": 48}))
+    task = segmentation_task(cfg, binary_splits(build_dataset(cfg.data)))
+    assert task.ignored_settings(cfg.augment) == []  # its crop: nothing to warn of
+
+
 def test_check_data_accepts_0_255_masks_for_a_binary_model(data_root, tmp_path, capsys):
     path = tmp_path / "cfg.yaml"
     path.write_text(yaml.safe_dump(binary_config(data_root, tmp_path)))

@@ -307,3 +307,29 @@ def test_persistent_workers_train_exactly_as_no_workers_do(data_root, tmp_path):
         runs[name] = t.model.state_dict()
     for name in ("workers", "cached"):
         assert all(torch.equal(runs["inline"][k], runs[name][k]) for k in runs["inline"]), name
+
+
+# ------------------------------------------------------------------ CUDA-only paths (skipped without a GPU)
+@pytest.mark.cuda
+@pytest.mark.parametrize("images", ["ram", "device"])
+def test_cuda_device_recipe_pins_moves_and_trains(data_root, tmp_path, images):
+    """augment.backend auto on CUDA: the built-in recipe on the GPU, from pinned RAM (non-blocking copies)
+    or from the decoded set on the GPU; batches arrive on the device; a run trains with amp auto."""
+    t = trainer(data_root, tmp_path, train={"epochs": 2, "device": "cuda", "amp": "auto"},
+                augment={"train": None, "backend": "auto"}, cache={"images": images})
+    assert t.recipe is not None and t.images is not None
+    assert t.images.pixels.device.type == ("cuda" if images == "device" else "cpu")
+    inputs, targets = next(t.batches(0))
+    assert inputs.device.type == targets.device.type == "cuda" and targets.dtype == torch.int64
+    history = t.fit().history
+    assert float(history[-1]["train_loss"]) < float(history[0]["train_loss"])
+
+
+@pytest.mark.cuda
+def test_cuda_albumentations_path_uses_pinned_persistent_workers(data_root, tmp_path):
+    t = trainer(data_root, tmp_path, train={"epochs": 1, "device": "cuda", "workers": 2},
+                augment={"backend": "cpu"}, cache={"images": "none"})
+    loader = t.train_loader(0)
+    assert loader.pin_memory and loader.persistent_workers and t.train_loader(1) is loader
+    inputs, _ = next(t.batches(0))
+    assert inputs.device.type == "cuda"

@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import Callable
 
 from ...errors import unknown
-from ..metrics import Meter
+from ..metrics.base import Meter
 from .base import Task
 from .classification import ClassificationTask
 from .detection import DetectionTask

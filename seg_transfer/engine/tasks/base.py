@@ -14,7 +14,8 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 from torch import nn
 
-from ..metrics import Meter
+from ...config import AugmentConfig
+from ..metrics.base import Meter
 
 
 @dataclass
@@ -34,6 +35,8 @@ class Task:
     metric_label: str = ""  # how logs name it ("mIoU", "AP", "accuracy")
     fields: tuple[str, ...] = ()  # metrics.csv columns after epoch/train_loss/val_loss (lr/seconds follow)
     image_score: str = ""   # what the meter's per-image score is ("image mIoU"...): titles of the best/worst grid
+    # what sets the train crop instead, for a task that does not read ``augment.crop_size`` (None: it reads it)
+    crop_size_instead: Optional[str] = None
 
     collate: Callable[[list[Any]], tuple[Any, Any]]
 
@@ -45,6 +48,14 @@ class Task:
         """The built-in train recipe as one call on a whole batch (``data.device_augment``), or None when the
         config names its own ``augment.train`` steps (they run in albumentations, one image at a time)."""
         return None
+
+    def ignored_settings(self, augment: Any) -> list[str]:
+        """One-line warnings for ``augment:`` keys the config sets and this task does not read: the config
+        loads before the model names its task, so the Trainer logs these at start. ``crop_size`` at its
+        default says nothing (every task's config carries it)."""
+        if self.crop_size_instead is None or augment.crop_size == AugmentConfig.crop_size:
+            return []
+        return [f"warning: augment.crop_size: {augment.crop_size} is not used by {self.name}: {self.crop_size_instead}"]
 
     def to_device(self, targets: Any, device: torch.device) -> Any:
         return targets.to(device)

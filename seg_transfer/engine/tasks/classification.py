@@ -18,7 +18,8 @@ from ...data.transforms import build_pipeline
 from ...errors import ConfigError
 from ...models.preprocess import Preprocess
 from ..losses import WEIGHT_METHODS, class_weights_from_counts
-from ..metrics import ClassificationMeter, Meter, informative_k
+from ..metrics.base import Meter
+from ..metrics.classification import ClassificationMeter, informative_k
 from ..plots import confusion_report, plot_classifications, sample_predictions, spread
 from .base import BatchRecipe, Task
 
@@ -39,6 +40,8 @@ class ClassificationTask(Task):
     main_metric = "accuracy"
     metric_label = "accuracy"
     image_score = "p(true class)"
+    crop_size_instead = ("the crop is the weights' crop size; set model.resize: N to scale it, "
+                         "or name a crop step in augment.train")
 
     def __init__(self, cfg: Config, splits: Any) -> None:
         self.classes = list(splits.classes)

@@ -18,7 +18,9 @@ from ...config import Config
 from ...data.detection import build_box_transforms, detection_collate
 from ...data.device_augment import DetectionBatchAugment, detection_flips
 from ...errors import SegTransferError
-from ..metrics import STATS, CocoMeter, Meter
+from ...run_folder import CONFUSION, PR_CURVES, RunFolder
+from ..metrics.base import Meter
+from ..metrics.detection import STATS, CocoMeter
 from ..plots import plot_detection_confusion, plot_detections, plot_pr_curves, spread
 from .base import BatchRecipe, Task
 
@@ -54,6 +56,8 @@ class DetectionTask(Task):
     main_metric = "ap"
     metric_label = "AP"
     image_score = f"F1@{IOU_THRESHOLD:g}"
+    crop_size_instead = ("the detector resizes inside (model.resize); name a crop step in augment.train, "
+                         "e.g. RandomSizedBBoxSafeCrop")
 
     def __init__(self, cfg: Config, splits: Any) -> None:
         self.classes = list(splits.classes)  # __background__ first, as torchvision counts labels
@@ -127,7 +131,8 @@ class DetectionTask(Task):
         """confusion.png (boxes matched at IoU 0.5, background row and column) and pr_curves.png."""
         assert isinstance(meter, CocoMeter)
         matrix = meter.confusion(IOU_THRESHOLD, SCORE_THRESHOLD)
-        plot_detection_confusion(matrix, self.classes, out_dir / "confusion.png", IOU_THRESHOLD, SCORE_THRESHOLD)
-        plot_pr_curves(meter.pr_recall, meter.pr_precision, self.classes[1:], out_dir / "pr_curves.png")
+        folder = RunFolder(out_dir)
+        plot_detection_confusion(matrix, self.classes, folder.confusion, IOU_THRESHOLD, SCORE_THRESHOLD)
+        plot_pr_curves(meter.pr_recall, meter.pr_precision, self.classes[1:], folder.pr_curves)
         return {"confusion": matrix.tolist(), "confusion_classes": ["background", *self.classes[1:]],
-                "files": ["confusion.png", "pr_curves.png"]}
+                "files": [CONFUSION, PR_CURVES]}

@@ -14,7 +14,8 @@ from ...data.device_augment import SegmentationBatchAugment
 from ...data.segmentation import SegCollate, build_transforms
 from ...errors import ConfigError
 from ..losses import SegmentationCriterion, build_binary_loss, build_loss
-from ..metrics import BinarySegmentationMeter, Meter, SegmentationMeter, binary_prediction
+from ..metrics.base import Meter
+from ..metrics.segmentation import BinarySegmentationMeter, SegmentationMeter, binary_prediction
 from ..plots import confusion_report, plot_predictions, sample_predictions, spread
 from .base import BatchRecipe, Task
 
