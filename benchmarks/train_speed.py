@@ -15,7 +15,7 @@ Variants:
   channels_last       the engine's ``train.channels_last: true`` (off in every other variant: its CPU
                       default is on); the reference: ``model.to(memory_format=torch.channels_last)`` and
                       each batch's inputs converted
-  compile             ``torch.compile`` of what the step calls (the engine's ``Trainer.net``, the
+  compile             ``torch.compile`` of what the step calls (the engine: ``train.compile: true``; the
                       reference's model or head); compiling happens in the warm-up epochs, reported
                       apart (first epoch less a steady one) with inductor's on-disk caches off. The
                       engine warms up first; dynamo keeps compiled code per function in the process,
@@ -61,7 +61,7 @@ import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Callable, Optional, cast
+from typing import Any, Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -199,7 +199,7 @@ def frames(root: Path, n: int) -> tuple[list[str], list[str]]:
 
 
 def engine_config(args: argparse.Namespace, mode: str, lists: dict[str, str], out: Path, name: str,
-                  channels_last: bool = False) -> dict[str, Any]:
+                  channels_last: bool = False, compiled: bool = False) -> dict[str, Any]:
     crop = args.crop
     strategy = "feature_extraction" if mode == "cached" else mode
     return {
@@ -210,7 +210,8 @@ def engine_config(args: argparse.Namespace, mode: str, lists: dict[str, str], ou
         "freeze": {"strategy": strategy, "unfreeze_from": "layer2" if mode == "partial" else None},
         "train": {"epochs": args.warmup + args.rounds, "batch_size": args.batch_size, "optimizer": "sgd",
                   "lr": args.lr, "momentum": 0.9, "weight_decay": 1e-4, "scheduler": "poly", "amp": "off",
-                  "workers": args.workers, "device": "cpu", "seed": args.seed, "channels_last": channels_last},
+                  "workers": args.workers, "device": "cpu", "seed": args.seed, "channels_last": channels_last,
+                  "compile": compiled},
         "cache": {"enabled": mode == "cached", "copies": 1, "dtype": "float32"},
         "output": {"dir": str(out), "name": name, "num_predictions": 0},
     }
@@ -221,13 +222,12 @@ class EngineSide:
 
     def __init__(self, args: argparse.Namespace, mode: str, variant: str, lists: dict[str, str], out: Path) -> None:
         name = f"{mode}_{variant}"
-        # the engine's own switch (train.channels_last); eager turns its CPU default off
-        cfg = from_dict(Config, engine_config(args, mode, lists, out, name, "channels_last" in variant))
+        # the engine's own switches (train.channels_last, train.compile); eager turns its CPU default off
+        cfg = from_dict(Config, engine_config(args, mode, lists, out, name, "channels_last" in variant,
+                                              "compile" in variant))
         self.trainer = Trainer(cfg, run_dir=out / name, progress=False, log=lambda m: None)
         self.args, self.epoch_index, self.loader_index = args, 0, 1000
         self.cache_s = self.trainer.cache_seconds
-        if "compile" in variant:
-            self.trainer.net = cast(nn.Module, torch.compile(self.trainer.net))
 
     @property
     def model(self) -> nn.Module:

@@ -333,3 +333,13 @@ def test_cuda_albumentations_path_uses_pinned_persistent_workers(data_root, tmp_
     assert loader.pin_memory and loader.persistent_workers and t.train_loader(1) is loader
     inputs, _ = next(t.batches(0))
     assert inputs.device.type == "cuda"
+
+
+def test_train_compile_wraps_the_step_and_keeps_the_weights_names(data_root, tmp_path):
+    """train.compile: the step runs through torch.compile (compiling itself is left to the first step, which
+    takes minutes on 2 cores); the model, and so checkpoints, keep their parameter names."""
+    t = trainer(data_root, tmp_path, train={"compile": True})
+    assert isinstance(t.net, torch._dynamo.eval_frame.OptimizedModule)
+    assert not any("_orig_mod" in k for k in t.model.state_dict())
+    assert not isinstance(trainer(data_root, tmp_path / "eager", train={"compile": False}).net,
+                          torch._dynamo.eval_frame.OptimizedModule)
