@@ -30,6 +30,11 @@ class Meter:
         return []
 
 
+def flat_scores(scores: list[Any]) -> list[float]:
+    """Per-image scores kept batch by batch (tensors, or floats after a reduce) as one flat list."""
+    return [float(v) for s in scores for v in (s.tolist() if isinstance(s, torch.Tensor) else [s])]
+
+
 def gather_in_order(items: list[Any]) -> list[Any]:
     """Every rank's per-item list of an unpadded sharded pass, back in dataset order (itself on one process)."""
     if not is_dist():

@@ -8,7 +8,7 @@ from typing import Any, Optional
 import torch
 import torch.distributed as dist
 
-from .base import ConfusionMatrix, Meter, gather_in_order
+from .base import ConfusionMatrix, Meter, flat_scores, gather_in_order
 
 
 def informative_k(k: Optional[int], num_classes: int) -> Optional[int]:
@@ -43,7 +43,7 @@ class ClassificationMeter(Meter):
 
     def image_scores(self) -> list[float]:
         """The probability each image's true class was given."""
-        return [float(v) for s in self.scores for v in (s.tolist() if isinstance(s, torch.Tensor) else [s])]
+        return flat_scores(self.scores)
 
     def compute(self) -> dict[str, Any]:
         return classification_metrics(self.matrix.mat, self.topk, self.k)

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from .base import ConfusionMatrix, Meter, gather_in_order
+from .base import ConfusionMatrix, Meter, flat_scores, gather_in_order
 
 
 def image_iou(pred: torch.Tensor, target: torch.Tensor, num_classes: int, ignore_index: int) -> torch.Tensor:
@@ -49,7 +49,7 @@ class SegmentationMeter(Meter):
         return self.matrix.compute()
 
     def image_scores(self) -> list[float]:
-        return [float(v) for s in self.scores for v in (s.tolist() if isinstance(s, torch.Tensor) else [s])]
+        return flat_scores(self.scores)
 
 
 
