@@ -36,6 +36,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 from plain_loop import PLAIN_RUNNERS  # noqa: E402
 
 from seg_transfer.config import Config, load_config  # noqa: E402
+from seg_transfer.engine.optim import autocast_settings  # noqa: E402
 from seg_transfer.engine.trainer import Trainer, loader_workers  # noqa: E402
 from seg_transfer.models.build import task_of  # noqa: E402
 
@@ -99,7 +100,12 @@ def run_engine(cfg: Config) -> dict[str, Any]:
                                                         for r in history],
             "first_epoch": history[0]["seconds"], "wall": wall, "metric": result.best,
             "metric_name": trainer.task.metric_label, "path": "device" if trainer.recipe else "albumentations",
-            "amp": str(trainer.amp_dtype).replace("torch.", "") if trainer.amp_enabled else "fp32"}
+            "amp": amp_label(trainer.amp_enabled, trainer.amp_dtype)}
+
+
+def amp_label(enabled: bool, dtype: torch.dtype) -> str:
+    """The precision a side trained in: bfloat16, float16 or fp32."""
+    return str(dtype).replace("torch.", "") if enabled else "fp32"
 
 
 def run_plain(cfg: Config, out: Path) -> dict[str, Any]:
@@ -115,7 +121,8 @@ def run_plain(cfg: Config, out: Path) -> dict[str, Any]:
     items = min(cfg.train.limit_train or 10**9, len(build_dataset(cfg.data).train))
     return {"items": items, "epochs": epochs, "first_epoch": epochs[0]["seconds"], "wall": wall,
             "metric": float(outcome.metrics[outcome.metric]), "metric_name": outcome.label, "path": "albumentations",
-            "amp": cfg.train.amp}
+            # plain_loop.py resolves train.amp as the engine does
+            "amp": amp_label(*autocast_settings(torch.device(cfg.train.device), cfg.train.amp))}
 
 
 def summarise(r: dict[str, Any], batch: int) -> dict[str, Any]:
