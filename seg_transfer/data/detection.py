@@ -231,6 +231,29 @@ def build_box_pipeline(spec: Sequence[Mapping[str, Any]], where: str = "augment.
         return A.Compose(steps, bbox_params=params)
 
 
+def target_tensors(target: Target, boxes: Any, index: Any, masks: Any, size: Sequence[int],
+                   min_size: float = 1.0) -> dict[str, torch.Tensor]:
+    """A target as the detectors take it, after its image was transformed: ``boxes`` (x1, y1, x2, y2 at
+    ``size`` (H, W)) and ``index`` (which of ``target``'s objects each box is) as the transform left them,
+    ``masks`` (the transformed instance masks of every object, or None); boxes narrower or lower than
+    ``min_size`` are dropped with their labels, iscrowd flags and masks (degenerate boxes stop a detector)."""
+    out_boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
+    index = np.asarray(index, dtype=np.int64).reshape(-1)
+    # bbox_params filters by width/height; keep the rule explicit for steps (and paths) that skip the check
+    wide = (out_boxes[:, 2] - out_boxes[:, 0] >= min_size) & (out_boxes[:, 3] - out_boxes[:, 1] >= min_size)
+    out_boxes, index = out_boxes[wide], index[wide]
+    labels = np.asarray(target["labels"], dtype=np.int64)
+    result = {"boxes": torch.from_numpy(np.ascontiguousarray(out_boxes)),
+              "labels": torch.as_tensor(labels[index]),
+              "iscrowd": torch.as_tensor(np.asarray(target.get("iscrowd", np.zeros(len(labels), np.int64)),
+                                                    dtype=np.int64)[index])}
+    if target.get("masks") is not None:
+        height, width = (int(v) for v in size)
+        kept = np.asarray(masks)[index] if masks is not None else np.zeros((0, height, width), np.uint8)
+        result["masks"] = torch.from_numpy(np.ascontiguousarray(kept, dtype=np.uint8).reshape(-1, height, width))
+    return result
+
+
 class BoxTransform:
     """(uint8 HxWx3 image, target of numpy arrays) -> (float 3xHxW tensor in [0, 1], target of tensors)."""
 
@@ -250,21 +273,9 @@ class BoxTransform:
         if masks is not None and n:
             data["masks"] = np.ascontiguousarray(masks)
         out = self.pipeline(**data)
-        out_boxes = np.asarray(out["bboxes"], dtype=np.float32).reshape(-1, 4)
-        index = np.asarray(out["index"], dtype=np.int64).reshape(-1)
-        # bbox_params filters by width/height; keep the rule explicit for steps that skip the check
-        wide = (out_boxes[:, 2] - out_boxes[:, 0] >= self.min_size) & (out_boxes[:, 3] - out_boxes[:, 1] >= self.min_size)
-        out_boxes, index = out_boxes[wide], index[wide]
         img = torch.from_numpy(np.ascontiguousarray(out["image"])).permute(2, 0, 1).float().div_(255)
-        result = {"boxes": torch.from_numpy(out_boxes),
-                  "labels": torch.as_tensor(np.asarray(target["labels"], dtype=np.int64)[index]),
-                  "iscrowd": torch.as_tensor(np.asarray(target.get("iscrowd", np.zeros(n, np.int64)),
-                                                        dtype=np.int64)[index])}
-        if masks is not None:
-            height, width = img.shape[-2:]
-            kept = np.asarray(out["masks"])[index] if n else np.zeros((0, height, width), np.uint8)
-            result["masks"] = torch.from_numpy(np.ascontiguousarray(kept, dtype=np.uint8).reshape(-1, height, width))
-        return img, result
+        return img, target_tensors(target, out["bboxes"], out["index"], out.get("masks") if n else None,
+                                   img.shape[-2:], self.min_size)
 
     def __repr__(self) -> str:
         return f"BoxTransform({self.pipeline!r})"

@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from ..models.preprocess import Preprocess
+from .detection import target_tensors
 
 
 @dataclass
@@ -65,7 +66,8 @@ class Canvas:
 
 
 def canvas_collate(items: Sequence[tuple[torch.Tensor, Any]], ignore_index: int = 255) -> Canvas:
-    """(3xHxW uint8 image, label) items -> a ``Canvas``: HxW masks (segmentation) or int labels."""
+    """(3xHxW uint8 image, label) items -> a ``Canvas`` on the images' device: HxW masks (segmentation),
+    target dicts (detection, kept as read) or int labels (classification)."""
     images = [image for image, _ in items]
     sizes = torch.tensor([image.shape[-2:] for image in images], dtype=torch.int64)
     height, width = int(sizes[:, 0].max()), int(sizes[:, 1].max())
@@ -78,7 +80,10 @@ def canvas_collate(items: Sequence[tuple[torch.Tensor, Any]], ignore_index: int 
         for k, (_, mask) in enumerate(items):
             masks[k, :mask.shape[-2], :mask.shape[-1]] = mask
         return Canvas(canvas, sizes, masks=masks)
-    return Canvas(canvas, sizes, labels=torch.tensor([int(label) for _, label in items], dtype=torch.int64))
+    if isinstance(first, dict):
+        return Canvas(canvas, sizes, targets=[target for _, target in items])
+    return Canvas(canvas, sizes, labels=torch.tensor([int(label) for _, label in items], dtype=torch.int64,
+                                                     device=canvas.device))
 
 
 # ------------------------------------------------------------------------------ random parameters
@@ -274,14 +279,14 @@ def detection_flips(spec: Optional[Sequence[Any]]) -> Optional[tuple[float, floa
     return p[0], p[1]
 
 
-def box_target(target: dict[str, Any], device: torch.device) -> dict[str, torch.Tensor]:
-    """A box dataset's raw target as the tensors ``detection.BoxTransform`` gives (boxes, labels, iscrowd,
-    masks when there are instance masks), on ``device``."""
-    labels = torch.as_tensor(np.asarray(target["labels"], dtype=np.int64))
-    out = {"boxes": torch.as_tensor(np.asarray(target["boxes"], dtype=np.float32)).reshape(-1, 4), "labels": labels,
-           "iscrowd": torch.as_tensor(np.asarray(target.get("iscrowd", np.zeros(len(labels))), dtype=np.int64))}
-    if target.get("masks") is not None:
-        out["masks"] = torch.as_tensor(np.ascontiguousarray(target["masks"], dtype=np.uint8))
+def box_target(target: dict[str, Any], size: Sequence[int], device: torch.device) -> dict[str, torch.Tensor]:
+    """A box dataset's raw target for an image of ``size`` (H, W) as ``detection.BoxTransform`` gives it
+    with no geometric step (boxes clipped to the image, those under 1 pixel dropped), on ``device``."""
+    height, width = (int(v) for v in size)
+    boxes = np.asarray(target["boxes"], dtype=np.float32).reshape(-1, 4).copy()
+    boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, width)  # albumentations' BboxParams(clip=True)
+    boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, height)
+    out = target_tensors(target, boxes, np.arange(len(boxes)), target.get("masks"), (height, width))
     return {k: v.to(device) for k, v in out.items()}
 
 
@@ -298,7 +303,8 @@ class DetectionBatchAugment:
         assert canvas.targets is not None, "detection canvases carry targets"
         device = canvas.images.device
         images = [canvas.images[k, :, :h, :w] for k, (h, w) in enumerate(canvas.sizes.tolist())]
-        return self.flip(images, [box_target(t, device) for t in canvas.targets], generator)
+        targets = [box_target(t, image.shape[-2:], device) for t, image in zip(canvas.targets, images)]
+        return self.flip(images, targets, generator)
 
     def flip(self, images: Sequence[torch.Tensor], targets: Sequence[dict[str, torch.Tensor]],
              generator: torch.Generator) -> tuple[list[torch.Tensor], list[dict[str, torch.Tensor]]]:

@@ -18,7 +18,7 @@ import torch
 
 from ..errors import ConfigError
 from .common import ImageDataset, image_file_shape, progress_bar, thread_pool
-from .device_augment import Canvas
+from .device_augment import Canvas, canvas_collate
 
 SHM = "/dev/shm"  # where torch's shared-memory blocks live on Linux (a container may give it 64 MiB)
 
@@ -191,19 +191,4 @@ class DecodedDataset(ImageDataset):
 
     def canvas(self, indices: Sequence[int]) -> Canvas:
         """Items ``indices`` as one ``Canvas`` on the cache's device (the device augmentation's input)."""
-        shapes = self.shapes[list(indices)]
-        height, width = (int(v) for v in shapes.max(axis=0))
-        images = self.pixels.new_zeros((len(indices), 3, height, width))
-        masks = None if self.masks is None else self.masks.new_full((len(indices), height, width), self.ignore_index)
-        for k, i in enumerate(indices):
-            h, w = (int(v) for v in self.shapes[i])
-            images[k, :, :h, :w] = self.image(i)
-            if masks is not None:
-                masks[k, :h, :w] = self.label(i)
-        sizes = torch.from_numpy(shapes.copy())
-        if masks is not None:
-            return Canvas(images, sizes, masks=masks)
-        labels = [self.labels[i] for i in indices]
-        if labels and isinstance(labels[0], dict):  # detection targets stay per image (a list)
-            return Canvas(images, sizes, targets=labels)
-        return Canvas(images, sizes, labels=torch.tensor([int(v) for v in labels], device=images.device))
+        return canvas_collate([(self.image(i), self.label(i)) for i in indices], self.ignore_index)

@@ -16,6 +16,7 @@ from seg_transfer.data.device_augment import (
     DetectionBatchAugment,
     ScaleCrop,
     SegmentationBatchAugment,
+    box_target,
     canvas_collate,
     draw_scale_crop,
 )
@@ -174,3 +175,16 @@ def test_detection_flip_distribution_matches_albumentations():
         a = np.mean([c[axis] > 5 for c in cpu])
         b = np.mean([d[axis] > 5 for d in device])
         assert abs(a - b) < 0.12 and 0.35 < b < 0.65
+
+
+def test_device_targets_follow_the_cpu_box_rules():
+    """As BoxTransform with no geometric step: boxes clipped to the image, those under 1 pixel dropped
+    with their labels (a degenerate box stops a torchvision detector)."""
+    target = {"boxes": np.array([[2, 3, 12, 13], [5, 5, 5.5, 20], [50, 10, 70, 30]], np.float32),
+              "labels": np.array([1, 2, 1]), "iscrowd": np.array([0, 0, 1])}
+    image = np.zeros((40, 60, 3), np.uint8)
+    _, cpu = BoxTransform(build_box_pipeline([]))(image, target)
+    device = box_target(target, (40, 60), torch.device("cpu"))
+    assert device["boxes"].tolist() == cpu["boxes"].tolist() == [[2, 3, 12, 13], [50, 10, 60, 30]]
+    for key in ("labels", "iscrowd"):
+        assert device[key].tolist() == cpu[key].tolist()
