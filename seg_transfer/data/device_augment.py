@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from ..models.preprocess import Preprocess
-from .detection import target_tensors
+from .detection import default_train_spec, target_tensors
 
 
 @dataclass
@@ -268,9 +268,9 @@ FLIPS = {"HorizontalFlip": 0, "VerticalFlip": 1}
 
 def detection_flips(spec: Optional[Sequence[Any]]) -> Optional[tuple[float, float]]:
     """(horizontal, vertical) flip probabilities of a detection ``augment.train`` list made of flips only
-    (None: the default, a horizontal flip at 0.5); None when it names any other step."""
+    (None: ``detection.default_train_spec``); None when it names any other step."""
     if spec is None:
-        return 0.5, 0.0
+        spec = default_train_spec()
     p = [0.0, 0.0]
     for step in spec:
         if not isinstance(step, dict) or step.get("name") not in FLIPS or set(step) - {"name", "p"}:

@@ -18,6 +18,7 @@ from seg_transfer.data.device_augment import (
     SegmentationBatchAugment,
     box_target,
     canvas_collate,
+    detection_flips,
     draw_scale_crop,
 )
 from seg_transfer.data.transforms import build_pipeline, build_step, reseed
@@ -188,3 +189,9 @@ def test_device_targets_follow_the_cpu_box_rules():
     assert device["boxes"].tolist() == cpu["boxes"].tolist() == [[2, 3, 12, 13], [50, 10, 60, 30]]
     for key in ("labels", "iscrowd"):
         assert device[key].tolist() == cpu[key].tolist()
+
+
+def test_detection_flips_read_the_config_or_the_default_spec():
+    assert detection_flips(None) == (0.5, 0.0)  # detection.default_train_spec: a horizontal flip at 0.5
+    assert detection_flips([{"name": "VerticalFlip", "p": 0.3}]) == (0.0, 0.3)
+    assert detection_flips([{"name": "HorizontalFlip"}, {"name": "RandomSizedBBoxSafeCrop", "height": 8}]) is None
