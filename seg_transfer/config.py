@@ -108,8 +108,9 @@ def from_dict(cls: type[T], data: Union[T, Mapping[str, Any], None], where: str 
         if key not in hints:
             raise unknown("key", path, [f"{where}.{n}" if where else n for n in names])
         aliases = fields[key].metadata.get("aliases") or {}
-        if isinstance(value, (str, bool)) and (value.lower() if isinstance(value, str) else value) in aliases:
-            value = aliases[value.lower() if isinstance(value, str) else value]
+        spelling = value.lower() if isinstance(value, str) else value
+        if isinstance(value, (str, bool)) and spelling in aliases:
+            value = aliases[spelling]
         kwargs[key] = _check(value, hints[key], path)
         low = fields[key].metadata.get("min")
         if low is not None and kwargs[key] is not None and kwargs[key] < low:

@@ -71,10 +71,18 @@ def file_shape(dataset: ImageDataset, i: int) -> tuple[int, int]:
     return image_file_shape(dataset.files[i], decode=False)  # type: ignore[attr-defined]
 
 
-def estimate_bytes(dataset: ImageDataset, shorter: Optional[int] = None) -> int:
-    """Bytes the cache of ``dataset`` takes: 3 per pixel, +1 (or 2) per mask pixel, at the starting size."""
+def start_shapes(dataset: ImageDataset, shorter: Optional[int] = None) -> list[tuple[int, int]]:
+    """(h, w) of every item at the pipeline's starting size, from the files' headers (nothing decoded)."""
+    return [start_size(*file_shape(dataset, i), shorter) for i in range(len(dataset))]
+
+
+def estimate_bytes(dataset: ImageDataset, shorter: Optional[int] = None,
+                   shapes: Optional[Sequence[tuple[int, int]]] = None) -> int:
+    """Bytes the cache of ``dataset`` takes: 3 per pixel, +1 (or 2) per mask pixel, at the starting size
+    (``shapes``: ``start_shapes``' answer when the caller has it, so no header is read twice)."""
     per_pixel = 3 + (_mask_itemsize(dataset) if _has_masks(dataset) else 0)
-    return sum(int(np.prod(start_size(*file_shape(dataset, i), shorter))) * per_pixel for i in range(len(dataset)))
+    shapes = start_shapes(dataset, shorter) if shapes is None else shapes
+    return sum(h * w for h, w in shapes) * per_pixel
 
 
 def _has_masks(dataset: ImageDataset) -> bool:
@@ -103,11 +111,13 @@ class DecodedDataset(ImageDataset):
 
     def __init__(self, dataset: ImageDataset, shorter: Optional[int] = None, max_gb: float = 16.0,
                  progress: bool = True, what: str = "train", log: Callable[[str], None] = print,
-                 need: Optional[int] = None, shared: bool = True) -> None:
+                 shapes: Optional[Sequence[tuple[int, int]]] = None, shared: bool = True) -> None:
+        """``shapes``: ``start_shapes(dataset, shorter)`` when the caller has read them already."""
         self.classes, self.ignore_index = list(dataset.classes), dataset.ignore_index
         self.transform, self.shorter = None, shorter
         self.names = getattr(dataset, "names", None)
-        need = estimate_bytes(dataset, shorter) if need is None else need
+        shapes = start_shapes(dataset, shorter) if shapes is None else shapes
+        need = estimate_bytes(dataset, shorter, shapes)
         if need > max_gb * 2**30:
             raise ConfigError(f"cache.images: the {what} split needs {need / 2**30:.1f} GiB decoded, more than "
                               f"cache.max_gb ({max_gb:g}); raise cache.max_gb, lower model.resize, or set "
@@ -118,7 +128,6 @@ class DecodedDataset(ImageDataset):
                               f"loader processes, and {SHM} has {shm / 2**20:.0f} MiB free; set train.workers: 0, "
                               "give the container more (docker run --shm-size), or set cache.images: none")
         log(f"image cache: {what} split, {len(dataset)} items, {need / 2**20:.0f} MiB of uint8 in RAM")
-        shapes = [start_size(*file_shape(dataset, i), shorter) for i in range(len(dataset))]
         sizes = [h * w for h, w in shapes]
         self.offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
         self.shapes = np.array(shapes, dtype=np.int64).reshape(-1, 2)

@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from ..config import Config, dump_config, to_dict
 from ..data.common import DataSplits, ImageDataset
-from ..data.memory import DecodedDataset, auto_images, estimate_bytes
+from ..data.memory import DecodedDataset, auto_images, estimate_bytes, start_shapes
 from ..data.registry import build_dataset
 from ..data.segmentation import binary_splits
 from ..data.split import limit_items
@@ -261,13 +261,13 @@ class Trainer:
         if mode == "none":
             return None
         shared = self.workers > 0
-        need = estimate_bytes(train, shorter)
+        shapes = start_shapes(train, shorter)  # the headers, read once for the estimate and the cache
         if mode == "auto":
-            mode, why = auto_images(need, c.max_gb, shared)
+            mode, why = auto_images(estimate_bytes(train, shorter, shapes), c.max_gb, shared)
             if mode == "none":
                 self.log(f"image cache: off ({why}; cache.images: auto)")
                 return None
-        images = DecodedDataset(train, shorter, c.max_gb, progress=self.progress, log=self.log, need=need,
+        images = DecodedDataset(train, shorter, c.max_gb, progress=self.progress, log=self.log, shapes=shapes,
                                 shared=shared and mode == "ram")
         return images.to(self.device) if mode == "device" else images
 
