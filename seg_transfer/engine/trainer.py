@@ -99,12 +99,17 @@ def model_block(cfg: Config, classes: Sequence[str], **weights: Optional[str]) -
             "binary": True if is_binary(cfg.model) else cfg.model.binary, **weights}
 
 
-def steps_per_epoch(train_items: int, batch_size: int, accumulate: int = 1, world: int = 1) -> int:
-    """Optimizer steps per epoch as train_epoch's loader makes them (it drops a last partial batch when there
-    is more than one batch), so that poly and cosine reach their end on the last step."""
+def batches_per_epoch(train_items: int, batch_size: int, world: int = 1) -> int:
+    """Batches each process trains on per epoch: the loader drops a last partial batch when there is more
+    than one batch."""
     per_rank = math.ceil(train_items / world)
-    batches = per_rank // batch_size if train_items > batch_size else math.ceil(per_rank / batch_size)
-    return max(1, math.ceil(batches / accumulate))
+    return per_rank // batch_size if train_items > batch_size else math.ceil(per_rank / batch_size)
+
+
+def steps_per_epoch(train_items: int, batch_size: int, accumulate: int = 1, world: int = 1) -> int:
+    """Optimizer steps per epoch as train_epoch makes them, so that poly and cosine reach their end on the
+    last step."""
+    return max(1, math.ceil(batches_per_epoch(train_items, batch_size, world) / accumulate))
 
 
 def loader_workers(setting: Optional[int], device: torch.device) -> int:
@@ -360,9 +365,7 @@ class Trainer:
         return self._loader
 
     def batches_per_epoch(self) -> int:
-        t = self.cfg.train
-        per_rank = math.ceil(len(self.train_set) / D.world_size())
-        return per_rank // t.batch_size if len(self.train_set) > t.batch_size else math.ceil(per_rank / t.batch_size)
+        return batches_per_epoch(len(self.train_set), self.cfg.train.batch_size, D.world_size())
 
     def batches(self, epoch: int) -> Generator[tuple[Any, Any], None, None]:
         """The epoch's training batches, on the device and augmented: the seam between the data and the step
