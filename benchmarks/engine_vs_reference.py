@@ -6,9 +6,10 @@ classifiers re-created for CamVid's 11 classes), train the same epochs on the sa
 crop and batch, and are scored by the same function (one confusion matrix over whole val frames at
 native 360x480; sequence 0016E5 held out, as in configs/camvid_lraspp.yaml).
 
-* reference: what ``references/segmentation/train.py`` does, written out here in plain PyTorch: SGD
-  (momentum 0.9, weight decay 1e-4) over every parameter, poly LR per iteration, random scale 0.5-2.0 +
-  pad + random crop + horizontal flip, plain cross-entropy (ignore 255), BatchNorm in train mode.
+* reference: ``benchmarks/reference/segmentation.py`` (what ``references/segmentation/train.py`` does,
+  written out in plain PyTorch): SGD (momentum 0.9, weight decay 1e-4) over every parameter, poly LR per
+  iteration, random scale 0.5-2.0 + pad + random crop + horizontal flip, plain cross-entropy (ignore 255),
+  BatchNorm in train mode.
 * engine: ``seg_transfer``'s Trainer with the shipped configs/camvid_lraspp.yaml recipe: partial
   fine-tuning from layer2 (stem and layer1 frozen, their BatchNorm held in eval), backbone LR x0.1,
   median-frequency class weights (CamVid is heavily imbalanced), half an epoch of linear warmup, the
@@ -26,10 +27,8 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import math
 import os
 import platform
-import random
 import statistics
 import sys
 import tempfile
@@ -71,121 +70,10 @@ def frames(root: Path, limit: int | None, val_every: int) -> tuple[list[str], li
     return train, val
 
 
-# ------------------------------------------------------------------------------------ the reference
-
-class RefDataset:
-    """CamVid frames as the references' dataset does it: PIL in, (tensor, mask) out."""
-
-    def __init__(self, root: Path, stems: list[str], transform: Any) -> None:
-        self.root, self.stems, self.transform = root, stems, transform
-
-    def __len__(self) -> int:
-        return len(self.stems)
-
-    def __getitem__(self, i: int) -> Any:
-        import numpy as np
-        import torch
-        from PIL import Image
-
-        image = torch.from_numpy(np.asarray(Image.open(self.root / "train" / f"{self.stems[i]}.png").convert("RGB")))
-        mask = torch.from_numpy(np.asarray(Image.open(self.root / "trainannot" / f"{self.stems[i]}.png")).astype("int64"))
-        mask[mask == 11] = 255  # void
-        return self.transform(image.permute(2, 0, 1), mask)
-
-
-class RefTrainTransform:
-    """Random scale 0.5-2.0, pad with 0 / 255, random crop, flip, normalise."""
-
-    def __init__(self, crop: int, mean: list[float], std: list[float]) -> None:
-        self.crop, self.mean, self.std = crop, mean, std
-
-    def __call__(self, image: Any, mask: Any) -> Any:
-        import torch
-        import torch.nn.functional as F
-
-        h, w = image.shape[-2:]
-        s = random.uniform(0.5, 2.0)
-        size = [max(1, round(h * s)), max(1, round(w * s))]
-        image = F.interpolate(image[None].float(), size=size, mode="bilinear", align_corners=False)[0]
-        mask = F.interpolate(mask[None, None].float(), size=size, mode="nearest")[0, 0].long()
-        ph, pw = max(0, self.crop - size[0]), max(0, self.crop - size[1])
-        image = F.pad(image, (0, pw, 0, ph), value=0.0)
-        mask = F.pad(mask, (0, pw, 0, ph), value=255)
-        top = random.randint(0, image.shape[-2] - self.crop)
-        left = random.randint(0, image.shape[-1] - self.crop)
-        image = image[:, top:top + self.crop, left:left + self.crop]
-        mask = mask[top:top + self.crop, left:left + self.crop]
-        if random.random() < 0.5:
-            image, mask = image.flip(-1), mask.flip(-1)
-        mean = torch.tensor(self.mean).view(3, 1, 1)
-        std = torch.tensor(self.std).view(3, 1, 1)
-        return (image / 255.0 - mean) / std, mask
-
-
-class RefValTransform(RefTrainTransform):
-    def __call__(self, image: Any, mask: Any) -> Any:
-        import torch
-
-        mean, std = torch.tensor(self.mean).view(3, 1, 1), torch.tensor(self.std).view(3, 1, 1)
-        return (image.float() / 255.0 - mean) / std, mask
-
-
-def reference_model(num_classes: int) -> Any:
-    """torchvision's builder with DEFAULT weights; the two classifier convs re-created for CamVid."""
-    import torchvision
-    from torch import nn
-
-    weights = torchvision.models.get_model_weights(MODEL).DEFAULT
-    model = torchvision.models.get_model(MODEL, weights=weights)
-    c = model.classifier
-    c.low_classifier = nn.Conv2d(c.low_classifier.in_channels, num_classes, 1)
-    c.high_classifier = nn.Conv2d(c.high_classifier.in_channels, num_classes, 1)
-    return model, weights
-
-
-def run_reference(args: argparse.Namespace, train: list[str], val: list[str]) -> dict[str, Any]:
-    import torch
-    import torch.nn.functional as F
-
-    random.seed(args.seed)
-    torch.manual_seed(args.seed)
-    model, weights = reference_model(len(CLASSES))
-    t = weights.transforms()
-    ds = RefDataset(Path(args.data), train, RefTrainTransform(args.crop, list(t.mean), list(t.std)))
-    loader = torch.utils.data.DataLoader(ds, batch_size=args.batch_size, shuffle=True, drop_last=True,
-                                         generator=torch.Generator().manual_seed(args.seed))
-    opt = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, weight_decay=1e-4)
-    total = args.epochs * len(loader)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda it: (1 - it / total) ** 0.9)
-    epochs = []
-    for epoch in range(args.epochs):
-        model.train()
-        start, losses = time.perf_counter(), []
-        for image, mask in loader:
-            loss = F.cross_entropy(model(image)["out"], mask, ignore_index=255)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
-            losses.append(loss.item())
-        epochs.append({"seconds": time.perf_counter() - start, "train_loss": statistics.fmean(losses)})
-        print(f"   reference epoch {epoch + 1}: {epochs[-1]['seconds']:.1f}s  loss {epochs[-1]['train_loss']:.4f}",
-              flush=True)
-    val_ds = RefDataset(Path(args.data), val, RefValTransform(args.crop, list(t.mean), list(t.std)))
-    return {"epochs": epochs, **score(model, val_ds)}
-
-
-# ------------------------------------------------------------------------------------ the engine
-
-def ref_augment(crop: int) -> list[dict[str, Any]]:
-    """``RefTrainTransform`` as the engine's albumentations steps: scale 0.5-2, pad, crop, flip."""
-    return [{"name": "RandomScale", "scale_limit": [-0.5, 1.0], "p": 1.0},
-            {"name": "PadIfNeeded", "min_height": crop, "min_width": crop, "border_mode": "constant"},
-            {"name": "RandomCrop", "height": crop, "width": crop},
-            {"name": "HorizontalFlip", "p": 0.5}]
-
-
 def engine_config(args: argparse.Namespace, train: list[str], val: list[str], out: Path) -> dict[str, Any]:
+    """The engine's recipe; the reference reads its data, model, crop, batch, LR, epochs and seed."""
+    from reference.segmentation import albumentations_steps
+
     lists = {}
     for side, stems in (("train", train), ("val", val)):
         path = out / f"{side}.txt"
@@ -193,10 +81,10 @@ def engine_config(args: argparse.Namespace, train: list[str], val: list[str], ou
         lists[f"{side}_list"] = str(path)
     crop = args.crop
     return {
-        "model": {"name": MODEL, "weights": "DEFAULT", "resize": 360},
+        "model": {"name": MODEL, "weights": "DEFAULT", "resize": 360},  # 360: CamVid's own height
         "data": {"format": "folder", "root": args.data, "images": "train", "masks": "trainannot",
                  "classes": CLASSES, "label_map": {11: 255}, "ignore_index": 255, **lists},
-        "augment": {"crop_size": crop, "train": ref_augment(crop), "val": []},
+        "augment": {"crop_size": crop, "train": albumentations_steps(crop), "val": []},
         "freeze": {"strategy": "partial", "unfreeze_from": "layer2"},
         "train": {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "backbone_lr_mult": 0.1,
                   "scheduler": "poly", "warmup_epochs": 0.5, "class_weights": "median_frequency",
@@ -206,46 +94,49 @@ def engine_config(args: argparse.Namespace, train: list[str], val: list[str], ou
     }
 
 
-def run_engine(args: argparse.Namespace, train: list[str], val: list[str], out: Path) -> dict[str, Any]:
+def run_reference(cfg_dict: dict[str, Any], out: Path) -> dict[str, Any]:
+    from reference.common import plain_epochs
+    from reference.segmentation import train_and_score
+
     from seg_transfer.config import Config, from_dict
+
+    start = time.perf_counter()
+    outcome = train_and_score(from_dict(Config, cfg_dict), out / "reference", progress=True)
+    epochs = plain_epochs(out / "reference")
+    return {"epochs": epochs, **summary(outcome.metrics),
+            "eval_s": time.perf_counter() - start - sum(e["seconds"] for e in epochs)}
+
+
+def run_engine(cfg_dict: dict[str, Any]) -> dict[str, Any]:
+    import torch
+    from reference.common import Items
+    from reference.segmentation import presets, score
+
+    from seg_transfer.config import Config, from_dict
+    from seg_transfer.data.registry import build_dataset
     from seg_transfer.engine.trainer import Trainer
 
-    cfg = from_dict(Config, engine_config(args, train, val, out))
+    cfg = from_dict(Config, cfg_dict)
     trainer = Trainer(cfg, progress=False, log=lambda m: None)
     epochs = []
-    for epoch in range(args.epochs):
+    for epoch in range(cfg.train.epochs):
         start = time.perf_counter()
         loss = trainer.train_epoch(epoch)
         epochs.append({"seconds": time.perf_counter() - start, "train_loss": loss})
         print(f"   engine epoch {epoch + 1}: {epochs[-1]['seconds']:.1f}s  loss {loss:.4f}", flush=True)
-    ds = RefDataset(Path(args.data), val, RefValTransform(args.crop, list(trainer.model.info.preprocess.mean),
-                                                          list(trainer.model.info.preprocess.std)))
-    return {"epochs": epochs, **score(trainer.model, ds)}
+    # scored as the reference scores itself: its val preset (the same base size), the same function
+    import torchvision
 
-
-# ------------------------------------------------------------------------------------ one scorer
-
-def score(model: Any, dataset: RefDataset) -> dict[str, Any]:
-    """mIoU and pixel accuracy over whole frames, one confusion matrix, the same code for both sides."""
-    import torch
-
-    n = len(CLASSES)
-    mat = torch.zeros(n, n, dtype=torch.int64)
-    model.eval()
+    _, val_t = presets(cfg, torchvision.models.get_model_weights(MODEL).DEFAULT, 255)
     start = time.perf_counter()
-    with torch.inference_mode():
-        for i in range(len(dataset)):
-            image, mask = dataset[i]
-            pred = model(image[None])["out"].argmax(1)[0]
-            keep = mask != 255
-            mat += torch.bincount(mask[keep] * n + pred[keep], minlength=n * n).view(n, n)
-    inter = mat.diag().double()
-    union = mat.sum(0).double() + mat.sum(1).double() - inter
-    present = union > 0
-    iou = torch.where(present, inter / union.clamp(min=1), torch.full_like(inter, math.nan))
-    return {"miou": float(iou[present].mean()), "pixel_acc": float(inter.sum() / mat.sum().clamp(min=1)),
-            "iou": [None if math.isnan(v) else round(v, 4) for v in iou.tolist()],
-            "eval_s": time.perf_counter() - start}
+    metrics = score(trainer.model, Items(build_dataset(cfg.data).val, val_t), torch.device("cpu"), len(CLASSES), 255)
+    return {"epochs": epochs, **summary(metrics), "eval_s": time.perf_counter() - start}
+
+
+def summary(metrics: dict[str, Any]) -> dict[str, Any]:
+    iou = [float(v) for v in metrics["iou"]]
+    return {"miou": float(metrics["miou"]), "pixel_acc": float(metrics["pixel_accuracy"]),
+            "iou": [None if v != v else round(v, 4) for v in iou]}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -261,11 +152,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"stand-in weights (random values) for {MODEL}: {build_standin(MODEL)}", flush=True)
     train, val = frames(Path(args.data), args.limit, args.val_every)
     print(f"{len(train)} train frames (0001TP, 0006R0), {len(val)} val frames (0016E5)", flush=True)
+    cfg_dict = engine_config(args, train, val, out)
     results = {}
     for side in args.order.split(","):
         print(f"\n== {side}", flush=True)
         start = time.perf_counter()
-        results[side] = run_reference(args, train, val) if side == "reference" else run_engine(args, train, val, out)
+        results[side] = run_reference(cfg_dict, out) if side == "reference" else run_engine(cfg_dict)
         results[side]["total_s"] = time.perf_counter() - start
 
     rows = ["| loop | train s (all epochs) | median epoch s | final train loss | val mIoU | val pixel acc |",

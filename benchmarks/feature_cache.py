@@ -20,10 +20,11 @@ With ``--copies`` equal to ``--epochs`` both sides see exactly the same images (
 costs as many backbone passes as the uncached epochs).
 
 Columns: ``cache build s`` is the one-off backbone pass over train (x copies) and val, inside the
-Trainer's construction; ``median epoch s`` the median of the per-epoch train times; ``val s`` the one
-final evaluation; ``total s`` = cache build + every epoch + val. Per-epoch breakdown (``--workers 0``
-only): ``data`` is the time in the dataset's ``__getitem__`` and the collate (PNG decode + augment, or a
-cache lookup), ``forward`` the model's (or neck + head's) forward with the loss, ``rest`` backward and step.
+Trainer's construction (``Trainer.cache_seconds``); ``median epoch s`` the median of the per-epoch train
+times; ``val s`` the one final evaluation; ``total s`` = cache build + every epoch + val. Per-epoch
+breakdown: ``data`` is the epoch's wait for batches (``Trainer.data_seconds``; with ``--workers 0`` the
+dataset's ``__getitem__`` and the collate inline: PNG decode + augment, or a cache lookup), the rest is the
+model's (or neck + head's) forward, the loss, backward and the optimizer step.
 
     .venv/bin/python benchmarks/feature_cache.py                     # full run, ~6 min on 2 idle CPU cores
     .venv/bin/python benchmarks/feature_cache.py --limit 8 --epochs 1  # smoke test
@@ -45,7 +46,7 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from common import CAMVID_CLASSES, timed  # noqa: E402
+from common import CAMVID_CLASSES  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -135,35 +136,12 @@ def base_config(args: argparse.Namespace, data: dict[str, Any], out: Path) -> di
     }
 
 
-# ------------------------------------------------------------------------------------- timing
-
-class TimedDataset:
-    """Forwards a train set (``EpochSeeded`` or ``CachedFeatureDataset``), adding up ``__getitem__`` time."""
-
-    def __init__(self, inner: Any) -> None:
-        self.inner, self.seconds = inner, 0.0
-
-    def __len__(self) -> int:
-        return len(self.inner)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.inner.set_epoch(epoch)
-
-    def __getitem__(self, i: int) -> Any:
-        start = time.perf_counter()
-        try:
-            return self.inner[i]
-        finally:
-            self.seconds += time.perf_counter() - start
-
-
-
+# ------------------------------------------------------------------------------------- running
 
 def run_side(name: str, cfg_dict: dict[str, Any], enabled: bool, out: Path) -> dict[str, Any]:
     import torch
 
     from seg_transfer.config import Config, from_dict
-    from seg_transfer.engine import cache as cache_mod
     from seg_transfer.engine.trainer import Trainer
 
     cfg_dict = copy.deepcopy(cfg_dict)  # the two sides differ in cache.enabled only
@@ -171,50 +149,28 @@ def run_side(name: str, cfg_dict: dict[str, Any], enabled: bool, out: Path) -> d
     cfg_dict["output"]["name"] = name
     cfg = from_dict(Config, cfg_dict)
 
-    builds: list[float] = []
-    original_build = cache_mod.FeatureCache.build.__func__
-
-    def timed_build(cls, *a, **kw):  # noqa: ANN001
-        start = time.perf_counter()
-        try:
-            return original_build(cls, *a, **kw)
-        finally:
-            builds.append(time.perf_counter() - start)
-
     print(f"\n== {name}: cache.enabled={enabled}", flush=True)
-    cache_mod.FeatureCache.build = classmethod(timed_build)
-    try:
-        start = time.perf_counter()
-        trainer = Trainer(cfg, run_dir=out / name, progress=False, log=lambda m: print(f"   {m}", flush=True))
-        construct = time.perf_counter() - start
-    finally:
-        cache_mod.FeatureCache.build = classmethod(original_build)
+    start = time.perf_counter()
+    trainer = Trainer(cfg, run_dir=out / name, progress=False, log=lambda m: print(f"   {m}", flush=True))
+    construct = time.perf_counter() - start
     assert trainer.cached == enabled, (name, trainer.cached)
-    cache_build = sum(builds)
+    cache_build = trainer.cache_seconds  # the Trainer's own timing of FeatureCache.build (train + val)
     cache_bytes = 0
     if trainer.cached:
         cache_bytes = trainer.train_set.cache.nbytes + trainer.val_set.cache.nbytes
     print(f"   {len(trainer.train_set)} train / {len(trainer.val_set)} val items; Trainer() {construct:.1f}s"
-          + (f" (cache build {cache_build:.1f}s: train {builds[0]:.1f}s, val {builds[1]:.1f}s; "
-             f"{cache_bytes / 2**20:.0f} MiB)" if builds else ""), flush=True)
+          + (f" (cache build {cache_build:.1f}s; {cache_bytes / 2**20:.0f} MiB)" if trainer.cached else ""), flush=True)
 
-    box = {"forward": 0.0, "collate": 0.0}
-    trainer.train_loss = timed(trainer.train_loss, box, "forward")
-    trainer.collate = timed(trainer.collate, box, "collate")
-    trainer.train_set = data = TimedDataset(trainer.train_set)
     epochs = []
     for epoch in range(cfg.train.epochs):
-        box.update(forward=0.0, collate=0.0)
-        data.seconds = 0.0
         start = time.perf_counter()
         loss = trainer.train_epoch(epoch)
         seconds = time.perf_counter() - start
-        loading = data.seconds + box["collate"]
-        epochs.append({"epoch": epoch + 1, "seconds": seconds, "train_loss": loss, "data": loading,
-                       "forward": box["forward"], "rest": seconds - loading - box["forward"]})
-        print(f"   epoch {epoch + 1}: {seconds:.1f}s (data {loading:.1f}s, forward {box['forward']:.1f}s, "
-              f"backward+step {seconds - loading - box['forward']:.1f}s)  train_loss {loss:.4f}", flush=True)
-    box["forward"] = 0.0
+        data = trainer.data_seconds  # the epoch's wait for batches (workers 0: dataset + collate, inline)
+        epochs.append({"epoch": epoch + 1, "seconds": seconds, "train_loss": loss, "data": data,
+                       "step": seconds - data})
+        print(f"   epoch {epoch + 1}: {seconds:.1f}s (data {data:.1f}s, forward+backward+step "
+              f"{seconds - data:.1f}s)  train_loss {loss:.4f}", flush=True)
     start = time.perf_counter()
     val_loss, metrics, _ = trainer.evaluate()
     val_seconds = time.perf_counter() - start
@@ -223,7 +179,6 @@ def run_side(name: str, cfg_dict: dict[str, Any], enabled: bool, out: Path) -> d
     times = [e["seconds"] for e in epochs]
     result = {
         "variant": name, "cache_enabled": enabled, "trainer_init_s": construct, "cache_build_s": cache_build,
-        "cache_build_train_s": builds[0] if builds else 0.0, "cache_build_val_s": builds[1] if builds else 0.0,
         "cache_mib": cache_bytes / 2**20, "epochs": epochs, "median_epoch_s": statistics.median(times),
         "val_s": val_seconds, "total_s": cache_build + sum(times) + val_seconds,
         "val_loss": val_loss, "miou": float(metrics["miou"]), "pixel_acc": float(metrics["pixel_accuracy"]),
@@ -240,8 +195,6 @@ def table(results: dict[str, dict[str, Any]]) -> str:
             "|---|---:|---:|---:|---:|---:|"]
     for r in results.values():
         build = f"{r['cache_build_s']:.1f}" if r["cache_enabled"] else "-"
-        if r["cache_enabled"]:
-            build += f" (train {r['cache_build_train_s']:.1f} + val {r['cache_build_val_s']:.1f})"
         rows.append(f"| {r['variant']} | {build} | {r['median_epoch_s']:.2f} | {r['val_s']:.1f} | "
                     f"{r['total_s']:.1f} | {100 * r['miou']:.2f} |")
     return "\n".join(rows)
@@ -257,12 +210,12 @@ def ratio_line(results: dict[str, dict[str, Any]]) -> str:
 
 
 def breakdown(results: dict[str, dict[str, Any]]) -> str:
-    rows = ["| variant | epoch | s | data s | forward+loss s | backward+step s | train loss |",
-            "|---|---:|---:|---:|---:|---:|---:|"]
+    rows = ["| variant | epoch | s | data s | forward+backward+step s | train loss |",
+            "|---|---:|---:|---:|---:|---:|"]
     for r in results.values():
         for e in r["epochs"]:
             rows.append(f"| {r['variant']} | {e['epoch']} | {e['seconds']:.2f} | {e['data']:.2f} | "
-                        f"{e['forward']:.2f} | {e['rest']:.2f} | {e['train_loss']:.4f} |")
+                        f"{e['step']:.2f} | {e['train_loss']:.4f} |")
     return "\n".join(rows)
 
 

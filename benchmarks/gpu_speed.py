@@ -2,7 +2,7 @@
 """Training speed on an accelerator: for each task, the engine (its defaults there: the built-in recipe
 augmented on whole batches on the device from decoded images in RAM, bf16 where the GPU has it) and the
 engine's albumentations path (``augment.backend: cpu``) against the plain torchvision-style loop of
-``benchmarks/plain_loop.py`` at the same recipe, model, batch, crop, epochs, seed and workers, in one run.
+``benchmarks/reference/`` at the same recipe, model, batch, crop, epochs, seed and workers, in one run.
 
 Per side: training images/s (train items / epoch training seconds, median over the epochs after the
 first), the share of the training time spent waiting for the next batch, the first epoch's seconds, the
@@ -33,7 +33,8 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
-from plain_loop import PLAIN_RUNNERS  # noqa: E402
+from reference import RUNNERS as PLAIN_RUNNERS  # noqa: E402
+from reference.common import plain_epochs  # noqa: E402
 
 from seg_transfer.config import Config, load_config  # noqa: E402
 from seg_transfer.engine.optim import autocast_settings  # noqa: E402
@@ -117,11 +118,11 @@ def run_plain(cfg: Config, out: Path) -> dict[str, Any]:
     start = time.perf_counter()
     outcome = PLAIN_RUNNERS[task_of(cfg.model)](cfg, run_dir)
     wall = time.perf_counter() - start
-    epochs = json.loads((run_dir / "plain.json").read_text())["epochs"]
+    epochs = plain_epochs(run_dir)
     items = min(cfg.train.limit_train or 10**9, len(build_dataset(cfg.data).train))
     return {"items": items, "epochs": epochs, "first_epoch": epochs[0]["seconds"], "wall": wall,
             "metric": float(outcome.metrics[outcome.metric]), "metric_name": outcome.label, "path": "albumentations",
-            # plain_loop.py resolves train.amp as the engine does
+            # the reference resolves train.amp as the engine does
             "amp": amp_label(*autocast_settings(torch.device(cfg.train.device), cfg.train.amp))}
 
 

@@ -59,7 +59,6 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -72,10 +71,11 @@ from torchvision.models.segmentation import LRASPP
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from common import CAMVID_CLASSES  # noqa: E402
-from engine_vs_reference import RefDataset, RefTrainTransform, ref_augment  # noqa: E402  (the references' data path)
+from reference.common import Items  # noqa: E402
+from reference.segmentation import TrainTransform, albumentations_steps, build_model, poly_sgd, train_one_epoch  # noqa: E402
 
 from seg_transfer.config import Config, from_dict  # noqa: E402
-from seg_transfer.engine import distributed as D  # noqa: E402
+from seg_transfer.data.registry import build_dataset  # noqa: E402
 from seg_transfer.engine.trainer import Trainer  # noqa: E402
 from seg_transfer.io import save_text  # noqa: E402
 from seg_transfer.testing import build_standin  # noqa: E402
@@ -84,7 +84,6 @@ from seg_transfer.transfer.freeze import bn_held_in_eval  # noqa: E402
 MODES = ["full", "partial", "feature_extraction", "cached"]
 VARIANTS = ["eager", "channels_last", "compile", "channels_last+compile"]
 IGNORE = 255
-POLY = 0.9
 
 
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
@@ -175,16 +174,6 @@ def load_average() -> str:
         return "n/a"
 
 
-def to_channels_last(x: Any) -> Any:
-    """Images (N x C x H x W) or a dict of feature maps in channels_last; anything else as it is."""
-    if isinstance(x, Mapping):
-        kind: Any = type(x)  # OrderedDict stays one
-        return kind((k, to_channels_last(v)) for k, v in x.items())
-    if isinstance(x, torch.Tensor) and x.dim() == 4:
-        return x.contiguous(memory_format=torch.channels_last)
-    return x
-
-
 # ------------------------------------------------------------------------------------- the engine
 
 def frames(root: Path, n: int) -> tuple[list[str], list[str]]:
@@ -206,7 +195,7 @@ def engine_config(args: argparse.Namespace, mode: str, lists: dict[str, str], ou
         "model": {"name": args.model, "weights": "DEFAULT", "resize": 360},
         "data": {"format": "folder", "root": args.data, "images": "train", "masks": "trainannot",
                  "classes": CAMVID_CLASSES, "label_map": {11: IGNORE}, "ignore_index": IGNORE, **lists},
-        "augment": {"crop_size": crop, "train": ref_augment(crop), "val": []},
+        "augment": {"crop_size": crop, "train": albumentations_steps(crop), "val": []},
         "freeze": {"strategy": strategy, "unfreeze_from": "layer2" if mode == "partial" else None},
         "train": {"epochs": args.warmup + args.rounds, "batch_size": args.batch_size, "optimizer": "sgd",
                   "lr": args.lr, "momentum": 0.9, "weight_decay": 1e-4, "scheduler": "poly", "amp": "off",
@@ -239,38 +228,26 @@ class EngineSide:
         return loss
 
     def load(self) -> int:
-        """One pass of the engine's train DataLoader alone, built as ``train_epoch`` builds it."""
-        t, tr = self.trainer.cfg.train, self.trainer
-        loader = D.make_loader(tr.train_set, t.batch_size, shuffle=True, seed=t.seed, epoch=self.loader_index,
-                               workers=tr.workers, collate_fn=tr.collate, drop_last=len(tr.train_set) > t.batch_size)
+        """One epoch of the engine's training batches alone (``Trainer.batches``: what ``train_epoch`` steps on)."""
+        n = sum(len(targets) for _, targets in self.trainer.batches(self.loader_index))
         self.loader_index += 1
-        return sum(len(targets) for _, targets in loader)
+        return n
 
 
 # ------------------------------------------------------------------------------------- the reference
 
-def reference_model(name: str, num_classes: int, like: nn.Module) -> tuple[nn.Module, Any]:
-    """torchvision's builder with DEFAULT weights, the classifier convs re-created for ``num_classes``
-    (as references/segmentation would be adapted), then checked against the engine's model and given
-    its starting values (speed does not depend on them; the same start keeps the two runs comparable)."""
-    weights = torchvision.models.get_model_weights(name).DEFAULT
-    model = torchvision.models.get_model(name, weights=weights)
-    trained = len(weights.meta["categories"])
-    for head in ("classifier", "aux_classifier"):
-        module = getattr(model, head, None)
-        for parent in (list(module.modules()) if module is not None else []):
-            for child_name, child in parent.named_children():
-                if isinstance(child, nn.Conv2d) and child.out_channels == trained:
-                    conv: Any = child  # its kernel_size, stride, padding: what it was built with
-                    setattr(parent, child_name, nn.Conv2d(conv.in_channels, num_classes, conv.kernel_size,
-                                                          conv.stride, conv.padding, bias=conv.bias is not None))
+def reference_model(cfg: Config, num_classes: int, like: nn.Module) -> tuple[nn.Module, Any]:
+    """The reference's model (``reference.segmentation.build_model``: torchvision's builder, classifiers
+    re-created), checked against the engine's model and given its starting values (speed does not depend
+    on them; the same start keeps the two runs comparable)."""
+    model, weights = build_model(cfg, num_classes)
     if getattr(model, "aux_classifier", None) is not None and getattr(like, "aux_classifier", None) is None:
         model.aux_classifier = None  # the engine built it without the aux head: so does the reference
     theirs = {k: tuple(v.shape) for k, v in like.state_dict().items()}
     ours = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     if theirs != ours:
         diff = sorted(set(theirs.items()) ^ set(ours.items()))[:3]
-        sys.exit(f"train_speed.py: the reference's {name} differs from the engine's: {diff}")
+        sys.exit(f"train_speed.py: the reference's {cfg.model.name} differs from the engine's: {diff}")
     model.load_state_dict(like.state_dict())
     return model, weights
 
@@ -279,12 +256,13 @@ class PlainHead(nn.Module):
     """The reference's cached step: the model's own head and upsampling on stored backbone features
     (torchvision's LRASPP / _SimpleSegmentationModel forward, minus the backbone)."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, size: tuple[int, int]) -> None:
         super().__init__()
-        self.model = model
+        self.model, self.size = model, size  # the crops' size: every stored item is one crop
 
-    def forward(self, feats: dict[str, torch.Tensor], size: tuple[int, int]) -> dict[str, torch.Tensor]:
+    def forward(self, feats: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         m: Any = self.model
+        size = self.size
 
         def up(x: torch.Tensor) -> torch.Tensor:
             return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
@@ -320,56 +298,43 @@ def store_features(model: nn.Module, dataset: Any, batch_size: int) -> FeatureLi
 
 
 class ReferenceSide:
-    """The minimal loop of torchvision's references/segmentation/train.py, written out."""
+    """The minimal loop of torchvision's references/segmentation/train.py (``reference.segmentation``)."""
 
-    def __init__(self, args: argparse.Namespace, mode: str, variant: str, stems: list[str], engine: nn.Module) -> None:
-        model, weights = reference_model(args.model, len(CAMVID_CLASSES), engine)
+    def __init__(self, args: argparse.Namespace, mode: str, variant: str, engine: EngineSide) -> None:
+        cfg = engine.trainer.cfg  # its data (the same frames), model and crop
+        model, weights = reference_model(cfg, len(CAMVID_CLASSES), engine.model)
         # Freeze what the engine froze, the plain way.
-        frozen = {n for n, p in engine.named_parameters() if not p.requires_grad}
+        frozen = {n for n, p in engine.model.named_parameters() if not p.requires_grad}
         for n, p in model.named_parameters():
             p.requires_grad_(n not in frozen)
         modules = dict(model.named_modules())
-        self.held = [modules[n] for n, m in engine.named_modules() if bn_held_in_eval(m)]
+        self.held = [modules[n] for n, m in engine.model.named_modules() if bn_held_in_eval(m)]
         self.channels_last, self.cached = "channels_last" in variant, mode == "cached"
         if self.channels_last:
             model.to(memory_format=torch.channels_last)
         preset = weights.transforms()
-        dataset: Any = RefDataset(Path(args.data), stems, RefTrainTransform(args.crop, list(preset.mean),
-                                                                             list(preset.std)))
+        dataset: Any = Items(build_dataset(cfg.data).train, TrainTransform(None, args.crop, preset.mean, preset.std,
+                                                                           IGNORE))
         self.cache_s = 0.0
         if self.cached:
             start = time.perf_counter()
             dataset = store_features(model, dataset, args.batch_size)
             self.cache_s = time.perf_counter() - start
         self.model = model
-        step_module: nn.Module = PlainHead(model) if self.cached else model
+        step_module: nn.Module = PlainHead(model, (args.crop, args.crop)) if self.cached else model
         self.net: Callable[..., Any] = torch.compile(step_module) if "compile" in variant else step_module
         self.loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, shuffle=True, drop_last=True,
                                                   num_workers=args.workers,
                                                   generator=torch.Generator().manual_seed(args.seed))
-        self.opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=args.lr, momentum=0.9,
-                                   weight_decay=1e-4)
-        total = max(1, (args.warmup + args.rounds) * len(self.loader))
-        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda it: max(0.0, 1 - it / total) ** POLY)
+        self.opt, self.sched = poly_sgd([p for p in model.parameters() if p.requires_grad], cfg,
+                                        (args.warmup + args.rounds) * len(self.loader))
+        self.epochs = 0
 
     def epoch(self) -> float:
-        self.model.train()
-        for m in self.held:
-            m.eval()
-        losses = []
-        for inputs, target in self.loader:
-            if self.channels_last:
-                inputs = to_channels_last(inputs)
-            out = self.net(inputs, tuple(target.shape[-2:])) if self.cached else self.net(inputs)
-            loss = F.cross_entropy(out["out"], target, ignore_index=IGNORE)
-            if "aux" in out:
-                loss = loss + 0.5 * F.cross_entropy(out["aux"], target, ignore_index=IGNORE)
-            self.opt.zero_grad(set_to_none=True)
-            loss.backward()
-            self.opt.step()
-            self.sched.step()
-            losses.append(loss.item())
-        return statistics.fmean(losses)
+        record = train_one_epoch(self.net, self.model, self.loader, self.opt, self.sched, torch.device("cpu"), IGNORE,
+                                 self.epochs, held=self.held, channels_last=self.channels_last)
+        self.epochs += 1
+        return statistics.fmean(record.losses)
 
     def load(self) -> int:
         return sum(len(target) for _, target in self.loader)
@@ -377,7 +342,7 @@ class ReferenceSide:
 
 # ------------------------------------------------------------------------------------- one case
 
-def run_case(args: argparse.Namespace, mode: str, variant: str, stems: list[str], lists: dict[str, str],
+def run_case(args: argparse.Namespace, mode: str, variant: str, lists: dict[str, str],
              out: Path, rng: random.Random) -> dict[str, Any]:
     """Both sides of one (mode, variant): warm-up, then interleaved timed rounds."""
     print(f"\n== {mode} / {variant}", flush=True)
@@ -387,7 +352,7 @@ def run_case(args: argparse.Namespace, mode: str, variant: str, stems: list[str]
     engine_init = time.perf_counter() - start
     settle()
     rss1, start = rss_mib(), time.perf_counter()
-    reference = ReferenceSide(args, mode, variant, stems, engine.model)
+    reference = ReferenceSide(args, mode, variant, engine)
     reference_init = time.perf_counter() - start
     settle()
     state = {"engine": rss1 - rss0, "reference": rss_mib() - rss1}
@@ -567,7 +532,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     results = []
     for mode in args.modes.split(","):
         for variant in variants if mode in args.variant_modes.split(",") else variants[:1]:
-            r = run_case(args, mode, variant, stems, lists, out, rng)
+            r = run_case(args, mode, variant, lists, out, rng)
             r["summary"] = summarise(r)
             results.append(r)
     wall = time.perf_counter() - wall

@@ -13,24 +13,8 @@ call, then restored. So each copy is its own random augmentation, the same whate
 worker count or build order, and the first ``copies`` epochs on the cache see the augmentations that
 uncached training would.
 
-Memory, measured with ``estimate_bytes`` for CamVid's 367 train images at 360x480 (features the head
-reads, plus a uint8 mask of 0.16 MiB per image); ``copies: K`` multiplies by K, and the default
-480x480 train crop (360x480 padded) by 4/3. Caching every backbone output instead would cost a
-ResNet-50 20 MiB per image whatever the head:
-
-==============================================================  =========  ==========  ==========
-model (features cached)                                         per image  367 fp32    367 fp16
-==============================================================  =========  ==========  ==========
-resnet18 + fcn (layer4)                                          0.52 MiB    0.19 GiB    0.12 GiB
-resnet18 + fcn, aux (layer3, layer4)                             1.19 MiB    0.43 GiB    0.24 GiB
-resnet50 + fcn (layer4)                                          1.57 MiB    0.56 GiB    0.31 GiB
-resnet50 + fpn neck + fpn head (layer1..4)                      20.09 MiB    7.20 GiB    3.63 GiB
-resnet50, output stride 8 + deeplabv3 (layer4)                  21.26 MiB    7.62 GiB    3.84 GiB
-mobilenet_v3_large + lraspp (layer2, layer4)                     1.24 MiB    0.44 GiB    0.25 GiB
-lraspp_mobilenet_v3_large zoo (low, high at stride 16)           3.10 MiB    1.11 GiB    0.59 GiB
-deeplabv3_resnet50 zoo, no aux (out at stride 8)                21.26 MiB    7.62 GiB    3.84 GiB
-fcn_resnet50 zoo with aux (out, aux at stride 8)                31.81 MiB   11.40 GiB    5.73 GiB
-==============================================================  =========  ==========  ==========
+Memory: ``estimate_bytes`` (features the head reads, plus a uint8 mask per image; ``copies: K``
+multiplies by K); per model for CamVid in benchmarks/RESULTS.md, "Feature cache memory".
 
 Builds past ``max_bytes`` (``cache.max_gb``) are refused after the first batch, from its size.
 """

@@ -31,7 +31,7 @@ from ..data.split import limit_items
 from ..errors import SegTransferError
 from ..io import resolve_device, save_text
 from ..models import weights as W
-from ..models.build import is_binary, model_info
+from ..models.build import ModelInfo, is_binary, model_info
 from ..models.checkpoint import read_checkpoint, save_checkpoint
 from ..run_folder import BEST, RunFolder
 from ..transfer.class_init import class_aware_init
@@ -71,8 +71,8 @@ def _sync_batchnorm(model: nn.Module, device: torch.device) -> nn.Module:
 
 def use_channels_last(setting: Optional[bool], task: str, device: torch.device) -> bool:
     """``train.channels_last``; None (auto): on for batched images (not detectors' lists) on the CPU, where
-    benchmarks/train_speed.py measured 1.29-1.36x per step in full and partial fine-tuning and 1.13-1.16x in
-    feature extraction; CUDA is left as it is (not measured here)."""
+    it measured faster per step (benchmarks/RESULTS.md, "Training speed"); CUDA is left as it is (not
+    measured here)."""
     if setting is None:
         return task != "detection" and device.type == "cpu"
     return setting
@@ -167,10 +167,33 @@ class Trainer:
         self.workers = loader_workers(t.workers, self.device)
         self.run_dir = Path(run_dir) if run_dir else Path(cfg.output.dir) / (cfg.output.name or _default_name(cfg))
 
-        splits = run_splits(cfg)
-        self.train_split = len(splits.train)  # before train.limit_train
-        splits = limit_train(splits, t.limit_train)
+        splits = self.build_splits()
+        info = self.build_model(splits)
+        self.build_data(splits, info)
+        self.build_optimizer()
+        self.start_epoch, self.best, self.best_epoch = 0, -1.0, -1
+        self.history: list[dict[str, float]] = []
+        self.unfrozen: list[str] = []
+        if resume:
+            self._load_state(self.folder.last)
+        self.net = self._wrap()
+        self.setup_seconds = time.perf_counter() - setup_start
+
+    # ------------------------------------------------------------------------------------- set-up
+
+    def build_splits(self) -> DataSplits:
+        """The config's train and val items (``train.limit_train`` applied); ``train_split``: the train
+        split's size before the limit."""
+        splits = run_splits(self.cfg)
+        self.train_split = len(splits.train)
+        splits = limit_train(splits, self.cfg.train.limit_train)
         self.classes, self.ignore_index = list(splits.classes), splits.ignore_index
+        return splits
+
+    def build_model(self, splits: DataSplits) -> ModelInfo:
+        """The model with its starting weights, freezing, SyncBatchNorm under torchrun, on the device; the
+        task it trains for, its loggers."""
+        cfg, t = self.cfg, self.cfg.train
         self.model = build(model_block(cfg, self.classes))
         self.report = self._transfer_init()
         f = cfg.freeze
@@ -178,7 +201,6 @@ class Trainer:
         if t.sync_bn and D.is_dist():
             self.model = _sync_batchnorm(self.model, self.device)
         self.model.to(self.device)
-
         info = model_info(self.model)
         self.task: Task = build_task(info.task, cfg, splits)
         for warning in self.task.ignored_settings(cfg.augment):
@@ -189,7 +211,12 @@ class Trainer:
         # every rank builds them (a missing extra fails alike everywhere); rank 0 alone writes
         loggers = build_loggers(t.loggers, self.task.fields)
         self.loggers = loggers if D.is_main() else Loggers()
-        train_t, val_t = self.task.transforms(cfg.augment, info.preprocess)
+        return info
+
+    def build_data(self, splits: DataSplits, info: ModelInfo) -> None:
+        """The train and val sets and how training batches are made: the feature cache (a frozen backbone),
+        or decoded images (``cache.images``) augmented on the device (``augment.backend``) or in the loader."""
+        train_t, val_t = self.task.transforms(self.cfg.augment, info.preprocess)
         # with the feature cache on, both become CachedFeatureDatasets (_build_caches)
         self.train_set: Union[D.EpochSeeded, CachedFeatureDataset]
         self.val_set: Union[ImageDataset, CachedFeatureDataset]
@@ -199,11 +226,15 @@ class Trainer:
         # None: albumentations in the loader; else the built-in recipe on whole batches on the device
         self.recipe = None if self.cached else self._batch_recipe(info.preprocess)
         self.images = self._image_cache(splits.train)
-        self.train_set = D.EpochSeeded((self.images or splits.train).with_transform(train_t), t.seed)
+        self.train_set = D.EpochSeeded((self.images or splits.train).with_transform(train_t), self.cfg.train.seed)
         self._loader: Optional[torch.utils.data.DataLoader] = None  # the persistent one, built on first use
         if self.cached:
             self._build_caches()
 
+    def build_optimizer(self) -> None:
+        """The optimizer over the trainable parameters (the backbone's at ``backbone_lr_mult``), its LR
+        schedule in optimizer steps, mixed precision and its grad scaler."""
+        t = self.cfg.train
         self.steps_per_epoch = steps_per_epoch(len(self.train_set), t.batch_size, t.accumulate, D.world_size())
         self.lr = t.lr * LR_SCALING[t.lr_scaling](D.world_size())
         self.optimizer = build_optimizer(param_groups(self.model, self.lr, t.backbone_lr_mult), t.optimizer,
@@ -213,15 +244,6 @@ class Trainer:
                                          step_size=t.step_epochs * self.steps_per_epoch, gamma=t.gamma)
         self.amp_enabled, self.amp_dtype = autocast_settings(self.device, t.amp)
         self.scaler = grad_scaler(self.device, t.amp)
-        self.start_epoch, self.best, self.best_epoch = 0, -1.0, -1
-        self.history: list[dict[str, float]] = []
-        self.unfrozen: list[str] = []
-        if resume:
-            self._load_state(self.folder.last)
-        self.net = self._wrap()
-        self.setup_seconds = time.perf_counter() - setup_start
-
-    # ------------------------------------------------------------------------------------- set-up
 
     def _transfer_init(self) -> TransferReport | None:
         source = source_weights(self.cfg)

@@ -185,7 +185,7 @@ class OpenVinoRunner(Runner):
         self.meta = ModelMeta.from_dict(_onnx_metadata(path))
         core = ov.Core()
         # f32 explicitly: OpenVINO picks bf16 on CPUs that report it, which here is emulated (slow) and
-        # moved 22% of a stand-in's argmax pixels
+        # moved a stand-in's argmax pixels (benchmarks/RESULTS.md, "Inference speed")
         config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32",
                   "INFERENCE_NUM_THREADS": threads or torch.get_num_threads()}
         self.compiled = core.compile_model(core.read_model(str(path)), "CPU", config)

@@ -174,7 +174,8 @@ def predict(model: Union[nn.Module, Runner], preprocess: Preprocess, image: Imag
     if not resize_to_input:
         rgb = F.interpolate(rgb[None].float(), size=probs.shape[-2:], mode="bilinear",
                             align_corners=False, antialias=True)[0].round().clamp(0, 255).to(torch.uint8)
-    # max(0).indices: the same first-maximum rule as argmax(0), and 4-5x faster over the class axis on CPU
+    # max(0).indices: the same first-maximum rule as argmax(0), and faster over the class axis on CPU
+    # (benchmarks/RESULTS.md, "Inference speed")
     mask = (probs[1] >= threshold).long() if binary else probs.max(0).indices
     return SegmentationResult(image=rgb, probs=probs, mask=mask, classes=classes, name=image_name(image),
                               binary=binary, threshold=threshold)
