@@ -167,6 +167,21 @@ def cmd_infer(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .predict.export import requires
+
+    for module in ("starlette", "uvicorn", "python_multipart"):  # before a model is loaded
+        requires(module, "serve")
+    from .serve.app import serve
+    from .serve.options import ServeOptions
+
+    options = ServeOptions(max_batch=args.max_batch, batch_wait_ms=args.batch_wait_ms, max_queue=args.max_queue,
+                           timeout_s=args.timeout, max_bytes=args.max_bytes, max_pixels=args.max_pixels,
+                           token=args.token or os.environ.get("SEG_TRANSFER_TOKEN") or None)
+    serve(_predictor(args), options, host=args.host, port=args.port, quiet=args.quiet)
+    return 0
+
+
 def _infer_summary(written: int, ok: int, out: Path, task: str, quiet: bool) -> str:
     """infer's closing line: the files written, or for a classifier without --json, where its result went."""
     if written or task != "classification" or not ok:
@@ -520,20 +535,37 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
 
 # ----------------------------------------------------------------------------------------- parsing
 
-def _add_infer(sub: Any) -> None:
-    inf = sub.add_parser("infer", help="predict images: masks and overlays, boxes, or top-k labels",
-                         description="Predict with a zoo model, a config's model or a fine-tuned checkpoint "
-                                     "(segmentation, detection or classification: the model's task).")
-    inf.add_argument("inputs", nargs="*", help="image files or folders")
-    src = inf.add_mutually_exclusive_group()
+def _add_model_source(p: argparse.ArgumentParser) -> None:
+    """The model flags infer and serve share (what ``_predictor`` reads): its source, device, backend, tiling, TTA."""
+    src = p.add_mutually_exclusive_group()
     src.add_argument("--model", default="fcn_resnet50", help="zoo model name (default: fcn_resnet50)")
     src.add_argument("--checkpoint", help="a seg_transfer checkpoint (.pt) from fine-tuning")
     src.add_argument("--config", help="a YAML file whose model: block describes the model")
     src.add_argument("--model-file", help="a model written by `seg-transfer export` (.onnx, .torchscript): "
                      "classes and preprocessing are inside")
-    inf.add_argument("--weights", help="weights spec for --model: DEFAULT, an enum member, a .pth file or none")
-    inf.add_argument("--backbone-weights", help="backbone weights spec, used when --weights is none "
-                     "(zoo) or always (assembled models)")
+    p.add_argument("--weights", help="weights spec for --model: DEFAULT, an enum member, a .pth file or none")
+    p.add_argument("--backbone-weights", help="backbone weights spec, used when --weights is none "
+                   "(zoo) or always (assembled models)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
+    p.add_argument("--resize", type=int, help="shorter side fed to the model (default: the weights' own)")
+    dep = p.add_argument_group("deployment and speed")
+    dep.add_argument("--backend", choices=("torch", "onnxruntime", "openvino"),
+                     help="what runs the model (default: torch; an .onnx --model-file: onnxruntime); "
+                     "onnxruntime/openvino export the model to ONNX first")
+    dep.add_argument("--fast", action="store_true", help="torch backend: fold BatchNorm, run channels-last")
+    dep.add_argument("--tile", type=int, metavar="PX", help="segmentation, detection: sliding-window inference "
+                     f"at full resolution with PX-pixel tiles (0: never; default: only above {_AUTO_TILE_MP} MP)")
+    dep.add_argument("--overlap", type=int, default=128, metavar="PX", help="tile overlap (default 128)")
+    dep.add_argument("--tta", metavar="SPEC", help="test-time augmentation: flip, scales=0.75,1,1.25 or both "
+                     "(flip,scales=...)")
+
+
+def _add_infer(sub: Any) -> None:
+    inf = sub.add_parser("infer", help="predict images: masks and overlays, boxes, or top-k labels",
+                         description="Predict with a zoo model, a config's model or a fine-tuned checkpoint "
+                                     "(segmentation, detection or classification: the model's task).")
+    inf.add_argument("inputs", nargs="*", help="image files or folders")
+    _add_model_source(inf)
     inf.add_argument("--sample", action="store_true", help="also run on matplotlib's bundled sample photo")
     inf.add_argument("--out", default="outputs", help="output folder (default: outputs)")
     inf.add_argument("--class", dest="classes", action="append", default=[], metavar="NAME",
@@ -546,20 +578,37 @@ def _add_infer(sub: Any) -> None:
                      "labels and scores")
     inf.add_argument("--threshold", type=float, metavar="T", help="binary segmentation: foreground where its "
                      "probability is at least T (default 0.5); writes <stem>_mask.png (0/255) and <stem>_prob.png")
-    inf.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
-    inf.add_argument("--resize", type=int, help="shorter side fed to the model (default: the weights' own)")
     inf.add_argument("-q", "--quiet", action="store_true", help="no per-image lines or progress bar")
-    dep = inf.add_argument_group("deployment and speed")
-    dep.add_argument("--backend", choices=("torch", "onnxruntime", "openvino"),
-                     help="what runs the model (default: torch; an .onnx --model-file: onnxruntime); "
-                     "onnxruntime/openvino export the model to ONNX first")
-    dep.add_argument("--fast", action="store_true", help="torch backend: fold BatchNorm, run channels-last")
-    dep.add_argument("--tile", type=int, metavar="PX", help="segmentation, detection: sliding-window inference "
-                     f"at full resolution with PX-pixel tiles (0: never; default: only above {_AUTO_TILE_MP} MP)")
-    dep.add_argument("--overlap", type=int, default=128, metavar="PX", help="tile overlap (default 128)")
-    dep.add_argument("--tta", metavar="SPEC", help="test-time augmentation: flip, scales=0.75,1,1.25 or both "
-                     "(flip,scales=...)")
     inf.set_defaults(func=cmd_infer)
+
+
+def _add_serve(sub: Any) -> None:
+    from .serve.options import ServeOptions
+
+    d = ServeOptions()  # the defaults (a light import: --help stays torch-free)
+    srv = sub.add_parser("serve", help="an HTTP server for a model: POST /predict, a page to try it, /metrics",
+                         description="Serve a model over HTTP (needs the serve extra: pip install "
+                                     "\"seg_transfer[serve]\"): POST /predict with an image, GET / for a page.")
+    _add_model_source(srv)
+    srv.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine "
+                     "only; 0.0.0.0 for every interface)")
+    srv.add_argument("--port", type=int, default=8000, help="port (default 8000; 0: a free one, printed)")
+    srv.add_argument("--token", help="ask /predict, /model and /metrics for this bearer token "
+                     "(default: the SEG_TRANSFER_TOKEN variable, else none)")
+    srv.add_argument("--max-batch", type=int, default=d.max_batch, metavar="N", help="gather up to N concurrent "
+                     f"requests into one model call (default {d.max_batch}; 1: batching off)")
+    srv.add_argument("--batch-wait-ms", type=float, default=d.batch_wait_ms, metavar="MS", help="how long the first "
+                     f"request waits for others to join its batch (default {d.batch_wait_ms:g})")
+    srv.add_argument("--max-queue", type=int, default=d.max_queue, metavar="N", help="requests admitted at once; "
+                     f"more are answered 503 (default {d.max_queue})")
+    srv.add_argument("--timeout", type=float, default=d.timeout_s, metavar="S", help="per-request limit in seconds; "
+                     f"past it 504 (default {d.timeout_s:g})")
+    srv.add_argument("--max-bytes", type=int, default=d.max_bytes, metavar="B", help="largest request body "
+                     f"(default {d.max_bytes / 2**20:g} MiB)")
+    srv.add_argument("--max-pixels", type=int, default=d.max_pixels, metavar="P", help="largest image (width x "
+                     f"height, read from its header before decoding; default {d.max_pixels:,})")
+    srv.add_argument("-q", "--quiet", action="store_true", help="no start-up line")
+    srv.set_defaults(func=cmd_serve)
 
 
 def _add_finetune_evaluate(sub: Any) -> None:
@@ -683,6 +732,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 "and classification on torchvision models.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_infer(sub)
+    _add_serve(sub)
     _add_export(sub)
     _add_finetune_evaluate(sub)
     _add_cv(sub)

@@ -21,6 +21,10 @@ class BadInputError(SegTransferError):
     """An input image (or other file) cannot be used; the message names the file."""
 
 
+class ImageTooLargeError(BadInputError):
+    """An image whose header declares more pixels than allowed (refused before decoding)."""
+
+
 def suggest(name: str, choices: Iterable[str]) -> str:
     """' (did you mean 'x'?)' for a close match of ``name`` in ``choices``, else ''."""
     close = difflib.get_close_matches(str(name), [str(c) for c in choices], n=1, cutoff=0.6)

@@ -1,17 +1,18 @@
 """Reading images of any common mode into RGB uint8 tensors, writing outputs atomically, and the device."""
 from __future__ import annotations
 
+import io
 import os
 import secrets
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterable, Iterator, Union
+from typing import Iterable, Iterator, Optional, Union
 
 import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .errors import BadInputError, ConfigError
+from .errors import BadInputError, ConfigError, ImageTooLargeError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm")
 ImageInput = Union[str, os.PathLike, Image.Image, np.ndarray, torch.Tensor]
@@ -42,13 +43,29 @@ def open_image(path: Union[str, os.PathLike]) -> Image.Image:
         raise BadInputError(f"{path}: no such file")
     if path.stat().st_size == 0:
         raise BadInputError(f"{path}: empty file (0 bytes)")
+    return _decode(path, str(path))
+
+
+def decode_image(data: bytes, name: str = "upload", max_pixels: Optional[int] = None) -> Image.Image:
+    """Bytes (an upload) -> a decoded image, failing as ``open_image`` does. ``max_pixels``: an image whose
+    header declares more is refused before its pixels are decoded (a decompression bomb)."""
+    if not data:
+        raise BadInputError(f"{name}: empty file (0 bytes)")
+    return _decode(io.BytesIO(data), name, max_pixels)
+
+
+def _decode(source: Union[Path, io.BytesIO], name: str, max_pixels: Optional[int] = None) -> Image.Image:
     try:
-        img = Image.open(path)
+        img = Image.open(source)  # reads the header only
+        if max_pixels is not None and img.width * img.height > max_pixels:
+            raise ImageTooLargeError(f"{name}: {img.width}x{img.height} pixels, more than the limit of {max_pixels}")
         img.load()  # decode now, so a truncated file fails here and not halfway through inference
     except UnidentifiedImageError:
-        raise BadInputError(f"{path}: not an image file (or a format Pillow cannot read)") from None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
-        raise BadInputError(f"{path}: cannot decode image ({err})") from None
+        raise BadInputError(f"{name}: not an image file (or a format Pillow cannot read)") from None
+    except Image.DecompressionBombError as err:  # Pillow's own limit, checked while opening
+        raise ImageTooLargeError(f"{name}: {err}") from None
+    except (OSError, SyntaxError, ValueError) as err:
+        raise BadInputError(f"{name}: cannot decode image ({err})") from None
     return img
 
 

@@ -46,21 +46,32 @@ def standin(torch_home) -> Callable[..., Path]:
     return build_standin
 
 
+LOOPBACK = ("127.0.0.1", "::1")
+
+
 class NetworkAttempt(AssertionError):
     pass
 
 
 @pytest.fixture(autouse=True)
 def no_network(request, monkeypatch):
-    """Fail any test that tries to reach the network; code under test sees a DNS failure, as offline."""
+    """Fail any test that tries to reach the network; code under test sees a DNS failure, as offline.
+    The loopback address is not the network: the server's tests talk HTTP to 127.0.0.1."""
     attempts: list[str] = []
+    getaddrinfo, create_connection = socket.getaddrinfo, socket.create_connection
 
     def refuse(host, *args, **kwargs):
         attempts.append(str(host))
         raise socket.gaierror(socket.EAI_NONAME, f"network disabled in tests ({host})")
 
-    monkeypatch.setattr(socket, "getaddrinfo", refuse)
-    monkeypatch.setattr(socket, "create_connection", lambda address, *a, **k: refuse(address[0]))
+    def resolve(host, *args, **kwargs):
+        return getaddrinfo(host, *args, **kwargs) if host in LOOPBACK else refuse(host)
+
+    def connect(address, *args, **kwargs):
+        return create_connection(address, *args, **kwargs) if address[0] in LOOPBACK else refuse(address[0])
+
+    monkeypatch.setattr(socket, "getaddrinfo", resolve)
+    monkeypatch.setattr(socket, "create_connection", connect)
     yield attempts
     if attempts and request.node.get_closest_marker("network_attempt") is None:
         pytest.fail(f"test tried to reach the network: {attempts}")

@@ -19,6 +19,7 @@ LAYERS: list[set[str]] = [
     {"models"},
     {"transfer", "data"},
     {"engine", "predict", "advise"},
+    {"serve"},
     {"cli", "__init__"},
 ]
 LAYER = {unit: i for i, units in enumerate(LAYERS) for unit in units}
