@@ -217,3 +217,14 @@ def test_onnx_export_matches_eager(name, tmp_path):
     x = torch.rand_like(sample_input(model, dynamic=False))
     with torch.no_grad():
         torch.testing.assert_close(torch.as_tensor(runner(x)), model(x), rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", [n if n in {"efficientnet_b0", "mobilenet_v3_small", "regnet_x_400mf"}
+                                  else pytest.param(n, marks=pytest.mark.slow) for n in sorted(SMALLEST.values())])
+def test_default_weights_load_through_torchvision(name, standin):
+    """DEFAULT weights load through torchvision's own path (enum -> cache -> strict load) from a stand-in
+    under the official file name, into every stage."""
+    state = torch.load(standin(name), weights_only=True)
+    backbone = build_backbone(name, "DEFAULT")
+    loaded = {k: v for k, v in backbone.state_dict().items() if not k.startswith("pyramid.")}
+    assert loaded and all(any(torch.equal(v, s) for s in state.values() if s.shape == v.shape) for v in loaded.values())
