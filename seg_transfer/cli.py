@@ -423,7 +423,23 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------------------------------ models
 
+def cmd_backbone_table() -> int:
+    from .models.catalog import FLOPS_SIZE, backbone_facts, table_path, weights_state
+
+    def progress(line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
+
+    rows = [(f.name, f.family, f"{f.params_m:.1f}", f"{f.gflops:.1f}", "/".join(map(str, f.strides)),
+             "/".join(map(str, f.channels)), weights_state(f.name)) for f in backbone_facts(progress)]
+    _table(("backbone", "family", "params (M)", f"GFLOPs@{FLOPS_SIZE}", "strides", "channels",
+            "weights (* DEFAULT)"), rows)
+    print(f"measured on the meta device (shapes only); kept in {table_path()}")
+    return 0
+
+
 def cmd_models(args: argparse.Namespace) -> int:
+    if args.backbones:
+        return cmd_backbone_table()
     from .models.backbones import BACKBONES
     from .models.build import TASKS
     from .models.necks import NECKS
@@ -744,6 +760,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="whose measured settings to add (default: segmentation)")
     adv.set_defaults(func=cmd_advise)
     mod = sub.add_parser("models", help="list backbones, necks, and each task's zoo models and heads")
+    mod.add_argument("--backbones", action="store_true",
+                     help="one table of the backbones, measured from the models: parameters, GFLOPs at 512x512, "
+                          "strides, channels, torchvision's weights and whether they are cached")
     mod.set_defaults(func=cmd_models)
     _add_weights(sub)
     _add_report(sub)

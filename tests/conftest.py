@@ -17,6 +17,9 @@ from seg_transfer.testing import build_standin
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 IMAGES = SHARED / "images"
+# The backbones that the per-combination tests (every neck x head, every pool, dilation, stand-ins, freezing)
+# cover in depth; tests/models/test_backbones.py covers every registered one under one neck/head per task.
+CORE_BACKBONES = ("mobilenet_v2", "mobilenet_v3_large", "resnet18", "resnet50", "vgg16")
 
 
 @pytest.fixture(scope="module")

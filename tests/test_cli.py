@@ -450,6 +450,24 @@ def test_models_lists_every_registry_name(capsys):
     assert set(HEAD_NECKS) == set(HEADS) == set(TASKS["segmentation"].heads)
 
 
+def test_models_backbones_prints_the_measured_table(capsys, monkeypatch):
+    """One row per backbone with its measured figures; progress goes to stderr (two backbones, to stay quick)."""
+    from seg_transfer.models import catalog
+
+    monkeypatch.setattr(catalog, "BACKBONES", {n: BACKBONES[n] for n in ("mobilenet_v3_small", "resnet18")})
+    code, stdout, err = run(capsys, "models", "--backbones")
+    assert code == 0
+    header, *rows = lines(stdout)[:3]
+    assert header.split()[:3] == ["backbone", "family", "params"]
+    facts = {f.name: f for f in catalog.backbone_facts()}
+    for row in rows:
+        name, family, params, gflops, strides, channels = row.split()[:6]
+        f = facts[name]
+        assert (family, float(params), float(gflops)) == (f.family, f.params_m, f.gflops)
+        assert strides == "4/8/16/32" and channels == "/".join(map(str, f.channels))
+    assert sorted(r.split()[0] for r in rows) == ["mobilenet_v3_small", "resnet18"]
+
+
 # ----------------------------------------------------------------------------------- weights
 
 def _table_rows(stdout: str) -> dict[str, list[str]]:

@@ -24,9 +24,9 @@ from torch import nn
 from ..config import ModelConfig
 from ..errors import ConfigError, unknown
 from . import weights as W
-from .backbones import Backbone, build_backbone
+from .backbones import BACKBONES, Backbone, build_backbone
 from .preprocess import Built, Preprocess
-from .stages import STAGE_SPLITS
+from .stages import inception_stages
 
 POOLS = ("avg", "max", "avgmax")
 
@@ -188,13 +188,14 @@ def _inception_kwargs(pretrained: bool) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class ClassifierZoo:
-    """How to see torchvision classifier ``tv_name`` as stages (``stages.STAGE_SPLITS``) + global
-    pooling + classifier layers."""
+    """How to see torchvision classifier ``tv_name`` as stages (its backbone entry's split, or ``split``)
+    + global pooling + classifier layers."""
 
     tv_name: str
     head: tuple[str, ...]   # attributes applied to the pooled features, in order
     pool: Callable[[nn.Module], nn.Module] = _avgpool
     kwargs: Callable[[bool], dict[str, Any]] = _no_kwargs
+    split: Optional[Callable[[nn.Module], OrderedDict[str, nn.Module]]] = None  # None: BACKBONES[tv_name].split
 
 
 ZOO: dict[str, ClassifierZoo] = {z.tv_name: z for z in (
@@ -203,7 +204,7 @@ ZOO: dict[str, ClassifierZoo] = {z.tv_name: z for z in (
     ClassifierZoo("vgg16", ("classifier",)),
     ClassifierZoo("mobilenet_v2", ("classifier",), _new_avgpool),
     ClassifierZoo("mobilenet_v3_large", ("classifier",)),
-    ClassifierZoo("inception_v3", ("dropout", "fc"), kwargs=_inception_kwargs),
+    ClassifierZoo("inception_v3", ("dropout", "fc"), kwargs=_inception_kwargs, split=inception_stages),
 )}
 
 
@@ -225,7 +226,8 @@ def _last_linear(net: nn.Module, head: tuple[str, ...]) -> tuple[nn.Module, str,
 def attach_view(net: nn.Module, spec: ClassifierZoo) -> nn.Module:
     """Give torchvision classifier ``net`` its ``backbone`` view (not registered: see the module doc)."""
     prepare = getattr(net, "_transform_input", None) if spec.tv_name == "inception_v3" else None
-    object.__setattr__(net, "backbone", StageView(STAGE_SPLITS[spec.tv_name](net), spec.pool(net), spec.head,
+    split = spec.split or BACKBONES[spec.tv_name].split
+    object.__setattr__(net, "backbone", StageView(split(net), spec.pool(net), spec.head,
                                                   prepare))
     return net
 

@@ -1,4 +1,4 @@
-"""Detectors: torchvision's zoo detectors by name, and Faster R-CNN / SSD / SSDlite assembled over the
+"""Detectors: torchvision's zoo detectors by name, and Faster R-CNN / RetinaNet / FCOS / SSD / SSDlite assembled over the
 registered backbones from torchvision's parts (``FasterRCNN``, ``SSD``, anchor generators, predictors).
 
 Conventions are torchvision's: class 0 is ``__background__`` and ``num_classes`` counts it; the model
@@ -21,8 +21,9 @@ from torchvision.models import WeightsEnum
 from torchvision.models.detection._utils import retrieve_out_channels
 from torchvision.models.detection.anchor_utils import AnchorGenerator, DefaultBoxGenerator
 from torchvision.models.detection.faster_rcnn import FasterRCNN, FastRCNNPredictor
+from torchvision.models.detection.fcos import FCOS, FCOSClassificationHead
 from torchvision.models.detection.mask_rcnn import MaskRCNNPredictor
-from torchvision.models.detection.retinanet import RetinaNetClassificationHead
+from torchvision.models.detection.retinanet import RetinaNet, RetinaNetClassificationHead
 from torchvision.models.detection.ssd import SSD, SSDFeatureExtractorVGG, SSDScoringHead
 from torchvision.models.detection.ssdlite import SSDLiteFeatureExtractorMobileNet, SSDLiteHead
 from torchvision.ops import MultiScaleRoIAlign
@@ -30,7 +31,7 @@ from torchvision.ops import MultiScaleRoIAlign
 from ..config import ModelConfig
 from ..errors import ConfigError
 from . import weights as W
-from .backbones import Backbone, build_backbone
+from .backbones import Backbone, build_backbone, features, stage_of
 from .necks import NECKS, Neck
 from .preprocess import Built, Preprocess
 
@@ -105,7 +106,7 @@ def class_tensors(model: nn.Module) -> list[ClassTensor]:
         anchors = _anchors_per_location(model)
         for i, (name, _) in enumerate(_last_convs(cls_head)):
             found.append(ClassTensor(f"head.classification_head.{name}", anchors=anchors[i]))
-    elif isinstance(cls_head, RetinaNetClassificationHead):
+    elif isinstance(cls_head, (RetinaNetClassificationHead, FCOSClassificationHead)):
         found.append(ClassTensor("head.classification_head.cls_logits", anchors=cls_head.num_anchors))
     return found
 
@@ -163,10 +164,10 @@ def replace_class_predictors(model: nn.Module, num_classes: int) -> list[str]:
             setattr(parent, name.rpartition(".")[2], _fresh_conv(conv, a * num_classes))
             replaced.append(f"head.classification_head.{name}")
         cls_head.num_columns = num_classes
-    elif isinstance(cls_head, RetinaNetClassificationHead):
+    elif isinstance(cls_head, (RetinaNetClassificationHead, FCOSClassificationHead)):
         old = cls_head.cls_logits
         cls_head.cls_logits = _fresh_conv(old, cls_head.num_anchors * num_classes)
-        # RetinaNet's focal-loss prior: start every class at probability 0.01, as torchvision does.
+        # RetinaNet's (and FCOS's) focal-loss prior: start every class at probability 0.01, as torchvision does.
         nn.init.constant_(cls_head.cls_logits.bias, -torch.log(torch.tensor((1 - 0.01) / 0.01)).item())
         cls_head.num_classes = num_classes
         replaced.append("head.classification_head.cls_logits")
@@ -254,6 +255,7 @@ class DetectorBackbone(nn.Module):
     def __init__(self, backbone: Backbone, neck: Optional[Neck]) -> None:
         super().__init__()
         self.body, self.stage_names, self.neck = backbone.body, list(backbone.stage_names), neck
+        self.pyramid = backbone.pyramid  # a plain ViT's levels (None for the others: no state-dict names)
         self.last = list(backbone.out_channels)[-1]
         self.out_channels = (next(iter(neck.out_channels.values())) if neck is not None
                              else backbone.out_channels[self.last])
@@ -261,10 +263,10 @@ class DetectorBackbone(nn.Module):
         self.levels = [*backbone.out_channels, "pool"] if neck is not None else [self.last]
 
     def stage(self, name: str) -> nn.Module:
-        return self.body[name]
+        return stage_of(self.body, self.pyramid, name)
 
     def forward(self, x: torch.Tensor) -> OrderedDict[str, torch.Tensor]:
-        feats = self.body(x)
+        feats = features(self.body, self.pyramid, x)
         if self.neck is None:
             return OrderedDict([(self.last, feats[self.last])])
         out = OrderedDict(self.neck(feats))
@@ -272,9 +274,18 @@ class DetectorBackbone(nn.Module):
         return out
 
 
-def _fasterrcnn(backbone: Backbone, cfg: ModelConfig, num_classes: int) -> nn.Module:
+def _detector_backbone(backbone: Backbone, cfg: ModelConfig) -> DetectorBackbone:
     neck = NECKS["fpn"](backbone.out_channels, cfg.neck_channels, None) if cfg.neck == "fpn" else None
-    body = DetectorBackbone(backbone, neck)
+    return DetectorBackbone(backbone, neck)
+
+
+def _normalised(backbone: Backbone) -> dict[str, Any]:
+    """The detector's own normalisation: the backbone weights' mean and std."""
+    return {"image_mean": list(backbone.preprocess.mean), "image_std": list(backbone.preprocess.std)}
+
+
+def _fasterrcnn(backbone: Backbone, cfg: ModelConfig, num_classes: int) -> nn.Module:
+    body = _detector_backbone(backbone, cfg)
     # torchvision's Faster R-CNN anchors: one size per pyramid level, or all sizes on a single map.
     sizes = (32, 64, 128, 256, 512)
     if len(body.levels) > 1:
@@ -282,8 +293,23 @@ def _fasterrcnn(backbone: Backbone, cfg: ModelConfig, num_classes: int) -> nn.Mo
     else:
         anchors = AnchorGenerator((sizes,), ((0.5, 1.0, 2.0),))
     roi_pool = MultiScaleRoIAlign([lv for lv in body.levels if lv != "pool"], output_size=7, sampling_ratio=2)
-    return FasterRCNN(body, num_classes, rpn_anchor_generator=anchors, box_roi_pool=roi_pool,
-                      image_mean=list(backbone.preprocess.mean), image_std=list(backbone.preprocess.std))
+    return FasterRCNN(body, num_classes, rpn_anchor_generator=anchors, box_roi_pool=roi_pool, **_normalised(backbone))
+
+
+def _retinanet(backbone: Backbone, cfg: ModelConfig, num_classes: int) -> nn.Module:
+    """torchvision's RetinaNet over the FPN of any backbone: 3 scales x 3 ratios per level, as its builder."""
+    body = _detector_backbone(backbone, cfg)
+    sizes = [(s, int(s * 2 ** (1 / 3)), int(s * 2 ** (2 / 3))) for s in (32, 64, 128, 256, 512)[:len(body.levels)]]
+    anchors = AnchorGenerator(tuple(sizes), ((0.5, 1.0, 2.0),) * len(sizes))
+    return RetinaNet(body, num_classes, anchor_generator=anchors, **_normalised(backbone))
+
+
+def _fcos(backbone: Backbone, cfg: ModelConfig, num_classes: int) -> nn.Module:
+    """torchvision's FCOS (anchor-free: one point per location) over the FPN of any backbone."""
+    body = _detector_backbone(backbone, cfg)
+    sizes = tuple((s,) for s in (8, 16, 32, 64, 128)[:len(body.levels)])
+    anchors = AnchorGenerator(sizes, ((1.0,),) * len(sizes))
+    return FCOS(body, num_classes, anchor_generator=anchors, **_normalised(backbone))
 
 
 def _features(backbone: Backbone) -> nn.Sequential:
@@ -297,8 +323,7 @@ def _ssd(backbone: Backbone, cfg: ModelConfig, num_classes: int) -> nn.Module:
     extractor = SSDFeatureExtractorVGG(_features(backbone), highres=False)
     anchors = DefaultBoxGenerator([[2], [2, 3], [2, 3], [2, 3], [2], [2]],
                                   scales=[0.07, 0.15, 0.33, 0.51, 0.69, 0.87, 1.05], steps=[8, 16, 32, 64, 100, 300])
-    return SSD(extractor, anchors, (300, 300), num_classes,
-               image_mean=list(backbone.preprocess.mean), image_std=list(backbone.preprocess.std))
+    return SSD(extractor, anchors, (300, 300), num_classes, **_normalised(backbone))
 
 
 def _ssdlite(backbone: Backbone, cfg: ModelConfig, num_classes: int) -> nn.Module:
@@ -312,8 +337,7 @@ def _ssdlite(backbone: Backbone, cfg: ModelConfig, num_classes: int) -> nn.Modul
     anchors = DefaultBoxGenerator([[2, 3] for _ in range(6)], min_ratio=0.2, max_ratio=0.95)
     head = SSDLiteHead(retrieve_out_channels(extractor, size), anchors.num_anchors_per_location(), num_classes, norm)
     return SSD(extractor, anchors, size, num_classes, head=head, score_thresh=0.001, nms_thresh=0.55,
-               detections_per_img=300, topk_candidates=300,
-               image_mean=list(backbone.preprocess.mean), image_std=list(backbone.preprocess.std))
+               detections_per_img=300, topk_candidates=300, **_normalised(backbone))
 
 
 @dataclass(frozen=True)
@@ -327,6 +351,8 @@ class DetectionHead:
 
 HEADS: dict[str, DetectionHead] = {
     "fasterrcnn": DetectionHead(_fasterrcnn, necks=("fpn", "none")),
+    "retinanet": DetectionHead(_retinanet, necks=("fpn",)),
+    "fcos": DetectionHead(_fcos, necks=("fpn",)),
     "ssd": DetectionHead(_ssd, necks=("none",), backbones=("vgg16",)),
     "ssdlite": DetectionHead(_ssdlite, necks=("none",), backbones=("mobilenet_v3_large",)),
 }
@@ -338,7 +364,7 @@ def _check_no_aux(cfg: ModelConfig) -> None:
 
 
 def build_assembled(cfg: ModelConfig, backbone_weights: W.Spec) -> Built:
-    """``backbone`` + ``neck`` + a detection ``head`` (fasterrcnn, ssd, ssdlite)."""
+    """``backbone`` + ``neck`` + a detection ``head`` (``HEADS``)."""
     _check_no_aux(cfg)
     head = HEADS[str(cfg.head)]
     if head.backbones is not None and cfg.backbone not in head.backbones:

@@ -2,13 +2,14 @@
 
 Freezing (``freeze.stages: 2``), gradual unfreezing, LR groups, the feature cache and cross-task
 backbone transfer all name these stages, so they must mean the same layers in an assembled backbone,
-a torchvision zoo model (segmenter, classifier, detector) and an SSD feature extractor. The cuts are
-written here once; every other module asks ``stage_modules`` or ``STAGE_SPLITS``.
+a torchvision zoo model (segmenter, classifier, detector) and an SSD feature extractor. The cuts shared
+by backbones and zoo models are written here once; each backbone's split is its registry entry
+(``backbones.BACKBONES``); every other module asks ``stage_modules``.
 """
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Callable, Iterable, Mapping, Optional, Protocol, Sequence, cast
+from typing import Iterable, Mapping, Optional, Protocol, Sequence, cast
 
 from torch import nn
 from torchvision.models.detection.backbone_utils import BackboneWithFPN
@@ -56,25 +57,9 @@ def cut(layers: nn.Sequential, bounds: Sequence[int]) -> OrderedDict[str, nn.Mod
     return OrderedDict((name, layers[a:b]) for name, a, b in zip(STAGES, cuts, cuts[1:]))
 
 
-def _features(net: nn.Module) -> nn.Sequential:
-    """The ``features`` Sequential of a torchvision VGG or MobileNet."""
-    return cast(nn.Sequential, net.features)
-
-
 def inception_stages(net: nn.Module) -> OrderedDict[str, nn.Module]:
     return OrderedDict((name, nn.Sequential(getattr(net, name), getattr(net, INCEPTION_TAIL[name]))
                         if name in INCEPTION_TAIL else getattr(net, name)) for name in INCEPTION_STAGES)
-
-
-# torchvision classifier builder -> its stages (over the network's own modules, before global pooling).
-STAGE_SPLITS: dict[str, Callable[[nn.Module], OrderedDict[str, nn.Module]]] = {
-    "resnet18": lambda net: resnet_stages(dict(net.named_children())),
-    "resnet50": lambda net: resnet_stages(dict(net.named_children())),
-    "vgg16": lambda net: cut(_features(net), CUTS["vgg16"]),
-    "mobilenet_v2": lambda net: cut(_features(net), CUTS["mobilenet_v2"]),
-    "mobilenet_v3_large": lambda net: cut(_features(net), CUTS["mobilenet_v3_large"]),
-    "inception_v3": inception_stages,
-}
 
 
 def ssd_stages(backbone: nn.Module) -> Optional[OrderedDict[str, nn.Module]]:

@@ -8,12 +8,13 @@ from torch import nn
 
 from seg_transfer.engine.split_forward import decode, encode
 from seg_transfer.errors import ConfigError
-from seg_transfer.models.backbones import BACKBONES
 from seg_transfer.models.build import build_model
 from seg_transfer.models.checkpoint import load_checkpoint, save_checkpoint
 from seg_transfer.models.classification import ZOO as ZOO_CLASSIFIERS
 from seg_transfer.models.stages import INCEPTION_STAGES, stage_modules
 from seg_transfer.transfer import apply_freeze, freeze_counts
+
+from conftest import CORE_BACKBONES
 
 # FutureWarning: Inception's init_weights default
 pytestmark = [pytest.mark.filterwarnings("ignore::FutureWarning"), pytest.mark.usefixtures("one_thread")]
@@ -35,7 +36,7 @@ def _forward_backward(model: nn.Module, classes: int) -> None:
 
 
 # Every backbone with every pooling, except vgg16 (slow to build) with one pooling only.
-HEAD_CASES = [(b, p) for b in sorted(BACKBONES) for p in ("avg", "max", "avgmax") if b != "vgg16" or p == "avgmax"]
+HEAD_CASES = [(b, p) for b in CORE_BACKBONES for p in ("avg", "max", "avgmax") if b != "vgg16" or p == "avgmax"]
 
 
 @pytest.mark.parametrize("backbone,pool", HEAD_CASES)

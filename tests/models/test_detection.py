@@ -11,11 +11,13 @@ from torch import nn
 
 from seg_transfer import create_model
 from seg_transfer.errors import ConfigError, WeightsUnavailableError
-from seg_transfer.models.backbones import BACKBONES, build_backbone
+from seg_transfer.models.backbones import build_backbone
 from seg_transfer.models.build import model_names, torchvision_builders
 from seg_transfer.models.detection import BACKGROUND, class_tensors, detection_classes
 from seg_transfer.models.detection import HEADS as DETECTION_HEADS
 from seg_transfer.models.detection import ZOO as DETECTION_ZOO
+
+from conftest import CORE_BACKBONES
 
 # SSD300-VGG16 runs a full VGG16 at 300x300: about 25 s on a shared CPU.
 SLOW = pytest.mark.slow
@@ -27,7 +29,7 @@ def _mark(name: str, *values):
 
 ZOO_NAMES = [_mark("ssd" if n == "ssd300_vgg16" else n, n) for n in sorted(DETECTION_ZOO)]
 ASSEMBLED = [_mark(head, backbone, neck, head) for head, spec in sorted(DETECTION_HEADS.items())
-             for backbone in (spec.backbones or sorted(BACKBONES)) for neck in spec.necks]
+             for backbone in (spec.backbones or CORE_BACKBONES) for neck in spec.necks]
 # SSD's fixed square input (300/320 px) cannot shrink much: its last feature maps are 3x3 and 1x1.
 SIZE = {"ssd": None, "ssdlite": None}
 

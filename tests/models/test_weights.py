@@ -15,10 +15,11 @@ from torchvision.models import ResNet18_Weights, ResNet50_Weights
 from seg_transfer import create_model
 from seg_transfer.errors import ConfigError, SegTransferError, WeightsUnavailableError
 from seg_transfer.models import weights as W
-from seg_transfer.models.backbones import BACKBONES
 from seg_transfer.models.segmentation import ZOO
 
-MODELS = [*sorted(BACKBONES), *sorted(ZOO)]  # every torchvision builder the registries use
+from conftest import CORE_BACKBONES
+
+MODELS = [*CORE_BACKBONES, *sorted(ZOO)]  # the segmentation registries' builders (other backbones: test_backbones)
 FCN_DEFAULT = torchvision.models.get_model_weights("fcn_resnet50").DEFAULT
 
 

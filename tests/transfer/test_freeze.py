@@ -12,7 +12,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from seg_transfer import create_model
 from seg_transfer.engine.losses import SegmentationCriterion, build_loss
 from seg_transfer.errors import ConfigError
-from seg_transfer.models.backbones import BACKBONES, build_backbone
+from seg_transfer.models.backbones import build_backbone
 from seg_transfer.models.stages import STAGES, stage_modules
 from seg_transfer.transfer import (
     FreezeState,
@@ -27,8 +27,10 @@ from seg_transfer.transfer import (
     unfreeze,
 )
 
+from conftest import CORE_BACKBONES
+
 ZOO_MODELS = ["lraspp_mobilenet_v3_large", "fcn_resnet50"]
-MODELS = sorted(BACKBONES) + ZOO_MODELS
+MODELS = list(CORE_BACKBONES) + ZOO_MODELS
 VOC = create_model("lraspp_mobilenet_v3_large", weights=None, backbone_weights=None).info.classes
 TARGET = ["__background__", "Cat", "dog", "unknownthing"]
 
