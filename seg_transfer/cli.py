@@ -57,7 +57,7 @@ def _predictor(args: argparse.Namespace) -> Predictor:
             predictor.preprocess = dataclasses.replace(predictor.preprocess, resize_size=args.resize or None)
         return predictor
     from .config import ModelConfig, load_model_config, to_dict
-    from .transfer.sources import build
+    from .transfer.sources import create_model
 
     cfg = to_dict(load_model_config(args.config) if args.config else ModelConfig(name=args.model))
     for key in ("weights", "backbone_weights"):
@@ -66,7 +66,7 @@ def _predictor(args: argparse.Namespace) -> Predictor:
             cfg[key] = None if spec.lower() in ("none", "null") else spec
     if args.resize is not None:
         cfg["resize"] = args.resize
-    return Predictor(build(cfg), device=args.device, **backend, **runtime)
+    return Predictor(create_model(cfg), device=args.device, **backend, **runtime)
 
 
 def _predict_options(args: argparse.Namespace, predictor: Predictor) -> dict[str, Any]:

@@ -8,8 +8,8 @@ import shutil
 import numpy as np
 import pytest
 import yaml
-from engine.synthetic import CLASSES, config, make_dataset
 from PIL import Image
+from synthetic.segmentation import CLASSES, config, make_dataset
 
 from seg_transfer.cli import main
 from seg_transfer.models.checkpoint import read_checkpoint

@@ -9,7 +9,7 @@ import re
 from pathlib import Path
 
 import pytest
-from engine.synthetic import config, make_dataset
+from synthetic.segmentation import config, make_dataset
 
 from seg_transfer import run_folder as R
 from seg_transfer.config import Config, from_dict

@@ -15,7 +15,7 @@ from ..models import weights as W
 from ..models.build import model_info
 from ..models.stages import check_stages
 from ..transfer.freeze import apply_freeze, param_groups
-from ..transfer.sources import build, toolkit_checkpoint
+from ..transfer.sources import create_model, toolkit_checkpoint
 from .loggers import build_loggers
 from .optim import autocast_settings, build_optimizer, build_scheduler
 from .tasks import build_task
@@ -28,7 +28,7 @@ def preflight(cfg: Config, splits: DataSplits, note: Callable[[str], None] = lam
     model: list[torch.nn.Module] = []
 
     def architecture() -> None:  # the model as the run builds it, with random values instead of weights
-        model.append(build(model_block(cfg, splits.classes, weights=None, backbone_weights=None)))
+        model.append(create_model(model_block(cfg, splits.classes, weights=None, backbone_weights=None)))
 
     problems = _run([architecture])
     if not model:  # an unknown name: the weights and the steps below have nothing to resolve against

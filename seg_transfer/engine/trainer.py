@@ -37,7 +37,7 @@ from ..run_folder import BEST, RunFolder
 from ..transfer.class_init import class_aware_init
 from ..transfer.freeze import apply_freeze, bn_held_in_eval, freeze_counts, freeze_table, param_groups, unfreeze
 from ..transfer.loading import TransferReport, load_matching
-from ..transfer.sources import build, source_weights
+from ..transfer.sources import create_model, source_weights
 from ..version import __version__
 from . import distributed as D
 from .cache import CachedFeatureDataset, FeatureCache, can_cache, collate_features, trainable_backbone
@@ -194,7 +194,7 @@ class Trainer:
         """The model with its starting weights, freezing, SyncBatchNorm under torchrun, on the device; the
         task it trains for, its loggers."""
         cfg, t = self.cfg, self.cfg.train
-        self.model = build(model_block(cfg, self.classes))
+        self.model = create_model(model_block(cfg, self.classes))
         self.report = self._transfer_init()
         f = cfg.freeze
         self.freeze_state = apply_freeze(self.model, f.strategy, f.stages, f.unfreeze_from, f.bn)

@@ -14,9 +14,9 @@ from .freeze import (
                      unfreeze,
 )
 from .loading import TransferReport, load_matching
-from .sources import build, create_model, source_weights
+from .sources import create_model, source_weights
 
-__all__ = ["STRATEGIES", "FreezeState", "TransferReport", "apply_freeze", "bn_held_in_eval", "build",
+__all__ = ["STRATEGIES", "FreezeState", "TransferReport", "apply_freeze", "bn_held_in_eval",
            "class_aware_init", "classifier_convs", "create_model", "freeze_counts", "freeze_table",
            "load_backbone", "load_backbone_checkpoint", "load_matching", "model_parts", "param_groups",
            "source_weights", "stage_layers", "unfreeze"]

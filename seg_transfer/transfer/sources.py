@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Mapping, Optional
 
 import torch
 from torch import nn
@@ -27,28 +27,30 @@ def toolkit_checkpoint(spec: Optional[str]) -> Optional[Path]:
     return path if is_checkpoint(path) else None
 
 
-def build(cfg: ModelConfig | dict[str, Any]) -> nn.Module:
-    """``models.build_model``, with ``backbone_weights`` also taking a seg_transfer checkpoint of any task:
-    the model is built without backbone weights, then that checkpoint's backbone stages are loaded
-    (``model.info.transfer`` holds the report)."""
-    cfg = from_dict(ModelConfig, cfg, "model")
+def create_model(model: str | ModelConfig | Mapping[str, Any] | None = None, **kwargs: Any) -> nn.Module:
+    """The toolkit's model factory (one name, as timm's ``create_model``): ``create_model("fcn_resnet50")``,
+    ``create_model(backbone="resnet50", neck="fpn", head="fpn", num_classes=5)``, or a whole ``model:``
+    block (a ``ModelConfig`` or a dict); keyword arguments are that block's keys. Over ``models.build_model``
+    (the architecture and torchvision's weights) it adds ``backbone_weights`` naming a seg_transfer
+    checkpoint of any task: the model is built without backbone weights, then that checkpoint's backbone
+    stages are loaded (``model.info.transfer`` holds the report)."""
+    if isinstance(model, (ModelConfig, Mapping)):
+        if kwargs:
+            raise TypeError("create_model: pass a model block or keyword arguments, not both")
+        cfg = from_dict(ModelConfig, model, "model")
+    else:
+        cfg = from_dict(ModelConfig, {"name": model, **kwargs}, "model")
     source = toolkit_checkpoint(cfg.backbone_weights)
     if source is None:
         return build_model(cfg)
     if cfg.name is not None and str(cfg.weights).lower() not in ("none", "null", ""):
         raise ConfigError(f"model.backbone_weights: {source} is used only with model.weights: null "
                           f"(zoo model {cfg.name} would otherwise load its own pretrained weights)")
-    model = build_model(dataclasses.replace(cfg, backbone_weights=None))
-    info = model_info(model)
-    info.transfer = load_backbone_checkpoint(model, source)
+    built = build_model(dataclasses.replace(cfg, backbone_weights=None))
+    info = model_info(built)
+    info.transfer = load_backbone_checkpoint(built, source)
     info.config["backbone_weights"] = str(source)
-    return model
-
-
-def create_model(name: Optional[str] = None, **kwargs: Any) -> nn.Module:
-    """Python API: ``create_model("fcn_resnet50")`` or ``create_model(backbone="resnet50", neck="fpn",
-    head="fpn", num_classes=5)``; keyword arguments are those of the ``model:`` config block."""
-    return build({"name": name, **kwargs})
+    return built
 
 
 def source_weights(cfg: Config) -> Optional[tuple[Optional[list[str]], dict[str, torch.Tensor], str]]:

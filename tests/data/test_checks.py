@@ -4,11 +4,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from PIL import Image
+from synthetic.folders import CLASSES, FLAT, H, W, folder, make_folder, pair, save
 
 from seg_transfer.data import DataError, build_folder, check_dataset, label_frequencies
 from seg_transfer.data.checks import scan_dataset
-
-from . import CLASSES, FLAT, H, W, folder, make_folder, pair, save
 
 
 @pytest.fixture
@@ -129,7 +128,7 @@ def test_summary_says_what_each_split_holds(root):
 
 def test_box_data_without_label_files_is_an_error_worded_for_boxes(tmp_path):
     """A YOLO folder of images whose label files are missing: every image is background."""
-    from .tool_files import image
+    from synthetic.tool_files import image
 
     for k in range(4):
         save(tmp_path / "images" / f"img{k}.png", image(k))
@@ -143,7 +142,7 @@ def test_box_data_without_label_files_is_an_error_worded_for_boxes(tmp_path):
 
 
 def test_box_data_absent_class_is_worded_for_boxes(tmp_path):
-    from .tool_files import image, yolo_line
+    from synthetic.tool_files import image, yolo_line
 
     for k in range(4):
         save(tmp_path / "images" / f"img{k}.png", image(k))
@@ -155,7 +154,7 @@ def test_box_data_absent_class_is_worded_for_boxes(tmp_path):
 
 
 def test_a_one_class_classification_split_is_an_error(tmp_path):
-    from engine.synthetic_classes import make_classes
+    from synthetic.classification import make_classes
 
     make_classes(tmp_path, n=4)
     problems = check_dataset({"format": "imagefolder", "root": str(tmp_path), "classes": ["horizontal", "vertical"],

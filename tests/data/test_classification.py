@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from synthetic.folders import pair, save
 
 from seg_transfer.data.classification import (
     ClassTransform,
@@ -18,8 +19,6 @@ from seg_transfer.data.classification import (
 from seg_transfer.data.transforms import build_pipeline
 from seg_transfer.errors import ConfigError
 from seg_transfer.models.preprocess import Preprocess
-
-from . import pair, save
 
 IDENTITY = Preprocess(mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), resize_size=40, crop_size=32)
 

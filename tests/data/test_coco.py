@@ -6,11 +6,10 @@ import json
 import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
+from synthetic.folders import H, W, pair, save
 
 from seg_transfer.data import DataError, build_coco, build_dataset
 from seg_transfer.errors import ConfigError
-
-from . import H, W, pair, save
 
 # pycocotools' own decode trips numpy 2's __array__ deprecation; nothing this package can change.
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")

@@ -6,12 +6,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from synthetic.detection import H, W, image
+from synthetic.folders import save
 
 from seg_transfer.data import build_dataset, check_dataset
 from seg_transfer.data.detection import BACKGROUND
-
-from . import save
-from .synthetic_boxes import H, W, image
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 

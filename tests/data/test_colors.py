@@ -7,15 +7,14 @@ import time
 import numpy as np
 import pytest
 from PIL import Image
+from synthetic.folders import CLASSES, FLAT, H, W, make_folder, pair, save
+from synthetic.tool_files import finetune
 
 from seg_transfer.data import DataError, build_folder, check_dataset
 from seg_transfer.data.colors import VOC, Palette, pack, parse_colors, read_labelmap, unpack
 from seg_transfer.errors import ConfigError
 from seg_transfer.models.checkpoint import read_checkpoint
 from seg_transfer.viz import palette
-
-from . import CLASSES, FLAT, H, W, make_folder, pair, save
-from .tool_files import finetune
 
 COLOURS = [(10, 20, 30), (200, 10, 10), (10, 200, 10)]  # a palette of one's own: none of these is VOC's
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import pytest
 from PIL import Image
+from synthetic.folders import pair, save
 
 from seg_transfer.data import DataError
 from seg_transfer.data.common import (
@@ -15,8 +16,6 @@ from seg_transfer.data.common import (
     read_rgb,
     stem,
 )
-
-from . import pair, save
 
 
 def test_stem_strips_image_extensions_and_folders_only():
@@ -68,14 +67,13 @@ def test_take_keeps_the_chosen_items_of_each_task_dataset(tmp_path):
     """``ImageDataset.take`` (train.limit_train's subset): items ``indices`` only, in that order, each with its
     own label; the dataset it came from is unchanged."""
     import numpy as np
+    from synthetic.detection import voc_tree, voc_xml
+    from synthetic.folders import CLASSES, make_folder
 
     from seg_transfer.data import build_dataset
 
-    from . import CLASSES, make_folder
-    from .synthetic_boxes import voc_tree, xml
-
     make_folder(tmp_path / "seg", ["a", "b", "c", "d"])
-    voc_tree(tmp_path / "boxes", {n: xml([("cat", (1, 1, 5 + k, 9))]) for k, n in enumerate("abcde")})
+    voc_tree(tmp_path / "boxes", {n: voc_xml([("cat", (1, 1, 5 + k, 9))]) for k, n in enumerate("abcde")})
     for k, name in enumerate("abcd"):
         save(tmp_path / "cls" / ("ants" if k % 2 else "bees") / f"{name}.png", pair(k)[0])
     datasets = [build_dataset({"format": "folder", "root": str(tmp_path / "seg"), "classes": CLASSES, "split": "all"}),

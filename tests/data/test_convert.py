@@ -7,16 +7,15 @@ import json
 import numpy as np
 import pytest
 import yaml
-from engine.synthetic_boxes import make_instance_masks
-from engine.synthetic_classes import make_classes
 from PIL import Image
+from synthetic.classification import make_classes
+from synthetic.detection import make_instance_masks
+from synthetic.tool_files import image, labelme, rect, shape, yolo_line, yolo_tree
 
 from seg_transfer.cli import main
 from seg_transfer.data import build_dataset
 from seg_transfer.data.convert import convert, source_block
 from seg_transfer.errors import ConfigError
-
-from .tool_files import image, labelme, rect, shape, yolo_line, yolo_tree
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 

@@ -4,12 +4,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from PIL import Image
+from synthetic.tool_files import CVAT_LABELS, H, W, cvat_export, finetune
 
 from seg_transfer.data import DataError, build_dataset, check_dataset
 from seg_transfer.errors import ConfigError
 from seg_transfer.models.checkpoint import read_checkpoint
-
-from .tool_files import CVAT_LABELS, H, W, cvat_export, finetune
 
 
 def masks(n: int = 5) -> dict[str, np.ndarray]:

@@ -4,31 +4,31 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from synthetic.detection import TREE_CLASSES as CLASSES
+from synthetic.detection import voc, voc_tree, voc_xml
 
 from seg_transfer.data import DataError, check_dataset
 from seg_transfer.data.detection import BACKGROUND, RawBoxes, check_boxes, check_classes
 from seg_transfer.errors import ConfigError
 
-from .synthetic_boxes import CLASSES, voc, voc_tree, xml
-
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 
 
 BAD = {
-    "outside": (xml([("cat", (1, 1, 9, 9)), ("dog", (50, 10, 70, 30))]), "bad_box", "object 1 (dog)", "outside"),
-    "zero": (xml([("cat", (5, 5, 5, 20))]), "bad_box", "object 0 (cat)", "zero width"),
-    "negative": (xml([("cat", (1, 1, 2, 2)), ("cat", (1, 1, 2, 2)), ("dog", (30, 5, 10, 20))]),
+    "outside": (voc_xml([("cat", (1, 1, 9, 9)), ("dog", (50, 10, 70, 30))]), "bad_box", "object 1 (dog)", "outside"),
+    "zero": (voc_xml([("cat", (5, 5, 5, 20))]), "bad_box", "object 0 (cat)", "zero width"),
+    "negative": (voc_xml([("cat", (1, 1, 2, 2)), ("cat", (1, 1, 2, 2)), ("dog", (30, 5, 10, 20))]),
                  "bad_box", "object 2 (dog)", "negative width"),
-    "unknown_class": (xml([("horse", (1, 1, 9, 9))]), "unknown_class", "object 0 (horse)", "'horse'"),
+    "unknown_class": (voc_xml([("horse", (1, 1, 9, 9))]), "unknown_class", "object 0 (horse)", "'horse'"),
     "unparsable": ("<annotation><object><name>cat</name>", "unreadable", "", "not readable VOC XML"),
-    "not_a_number": (xml([("cat", ("one", 1, 9, 9))]), "unreadable", "", "bad VOC XML"),
+    "not_a_number": (voc_xml([("cat", ("one", 1, 9, 9))]), "unreadable", "", "bad VOC XML"),
 }
 
 
 @pytest.mark.parametrize("case", sorted(BAD))
 def test_check_data_reports_each_bad_annotation_with_file_and_index(tmp_path, case):
     text, kind, where, words = BAD[case]
-    root = voc_tree(tmp_path, {"good": xml([("cat", (1, 1, 9, 9))]), "bad": text}, train=["bad"], val=["good"])
+    root = voc_tree(tmp_path, {"good": voc_xml([("cat", (1, 1, 9, 9))]), "bad": text}, train=["bad"], val=["good"])
     problems = [p for p in check_dataset({"format": "voc_boxes", "root": str(root), "classes": CLASSES})
                 if p.kind != "absent_class"]  # the bad image's classes count as absent: not the point here
     assert [(p.kind, p.severity) for p in problems] == [(kind, "error")]
@@ -38,15 +38,15 @@ def test_check_data_reports_each_bad_annotation_with_file_and_index(tmp_path, ca
 
 
 def test_bad_boxes_drop_turns_geometry_into_warnings_and_drops_the_box(tmp_path):
-    root = voc_tree(tmp_path, {"a": xml([("cat", (1, 1, 9, 9)), ("dog", (5, 5, 5, 5)), ("dog", (50, 1, 61, 9))]),
-                               "b": xml([("cat", (1, 1, 9, 9))])})
+    root = voc_tree(tmp_path, {"a": voc_xml([("cat", (1, 1, 9, 9)), ("dog", (5, 5, 5, 5)), ("dog", (50, 1, 61, 9))]),
+                               "b": voc_xml([("cat", (1, 1, 9, 9))])})
     problems = check_dataset({"format": "voc_boxes", "root": str(root), "classes": CLASSES, "bad_boxes": "drop"})
     assert [(p.kind, p.severity) for p in problems] == [("bad_box", "warning")] * 2 + [("absent_class", "warning")]
     assert problems[-1].path == "dog"  # both dog boxes are dropped
     _, target = voc(root, bad_boxes="drop").train[0]
     assert target["labels"].tolist() == [1]
     # unknown classes stay errors: a typo in classes must not silently drop a class
-    root2 = voc_tree(tmp_path / "2", {"a": xml([("horse", (1, 1, 9, 9))]), "b": xml([])})
+    root2 = voc_tree(tmp_path / "2", {"a": voc_xml([("horse", (1, 1, 9, 9))]), "b": voc_xml([])})
     problems = check_dataset({"format": "voc_boxes", "root": str(root2), "classes": CLASSES, "bad_boxes": "drop"})
     # (b, alone in its split, has no box: a split of background only is an error of its own)
     assert [(p.kind, p.severity) for p in problems if p.kind != "absent_class"] == [
@@ -54,7 +54,7 @@ def test_bad_boxes_drop_turns_geometry_into_warnings_and_drops_the_box(tmp_path)
 
 
 def test_absent_class_warning_counts_boxes(tmp_path):
-    root = voc_tree(tmp_path, {"c": xml([]), "a": xml([("cat", (1, 1, 9, 9))]), "b": xml([("cat", (2, 2, 9, 9))])})
+    root = voc_tree(tmp_path, {"c": voc_xml([]), "a": voc_xml([("cat", (1, 1, 9, 9))]), "b": voc_xml([("cat", (2, 2, 9, 9))])})
     problems = check_dataset({"format": "voc_boxes", "root": str(root), "classes": CLASSES})
     assert [(p.kind, p.severity, p.path) for p in problems] == [("absent_class", "warning", "dog")]
 

@@ -3,11 +3,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from synthetic.folders import CLASSES, FLAT, H, W, folder, make_folder, pair, save, sequence_names
 
 from seg_transfer.data import DataError, SegDataset, build_folder
 from seg_transfer.errors import ConfigError
-
-from . import CLASSES, FLAT, H, W, folder, make_folder, pair, save, sequence_names
 
 NAMES = sequence_names({"seqA": 3, "seqB": 3, "seqC": 4})
 

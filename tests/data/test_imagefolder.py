@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import pytest
-from engine.synthetic_classes import CLASSES, add_messy_files, make_classes
+from synthetic.classification import CLASSES, add_messy_files, make_classes
 
 from seg_transfer.cli import main
 from seg_transfer.data.checks import DataError, check_dataset

@@ -7,14 +7,13 @@ import json
 import numpy as np
 import pytest
 from PIL import Image, ImageDraw
+from synthetic.tool_files import BOX_MODEL, H, W, finetune, image, labelme, png_b64, rect, shape
 
 from seg_transfer.data import DataError, build_dataset, check_dataset
 from seg_transfer.data.detection import BACKGROUND
 from seg_transfer.data.labelme import EmbeddedImage
 from seg_transfer.errors import ConfigError
 from seg_transfer.models.checkpoint import read_checkpoint
-
-from .tool_files import BOX_MODEL, H, W, finetune, image, labelme, png_b64, rect, shape
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 

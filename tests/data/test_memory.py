@@ -6,12 +6,11 @@ import albumentations as A
 import numpy as np
 import pytest
 import torch
+from synthetic.folders import FLAT, H, W, folder, make_folder
 
 from seg_transfer.data import memory
 from seg_transfer.data.memory import DecodedDataset, auto_images, estimate_bytes, start_size
 from seg_transfer.errors import ConfigError
-
-from . import FLAT, H, W, folder, make_folder
 
 
 @pytest.fixture

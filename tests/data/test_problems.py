@@ -4,11 +4,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from synthetic.folders import FLAT, H, W, folder, make_folder, save
 
 from seg_transfer.data import DataError
 from seg_transfer.data.problems import Problem, collecting, fail, report
-
-from . import FLAT, H, W, folder, make_folder, save
 
 
 @pytest.fixture

@@ -5,14 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from synthetic.folders import CLASSES, FLAT, H, W, folder, make_folder, pair, save
 
 from seg_transfer.data import DataError, SegCollate, build_folder, build_pipeline, build_transforms
 from seg_transfer.data.checks import check_dataset
 from seg_transfer.data.segmentation import SegTransform, apply_label_map, binary_splits, check_mask, default_train_spec
 from seg_transfer.errors import ConfigError
 from seg_transfer.models.preprocess import Preprocess
-
-from . import CLASSES, FLAT, H, W, folder, make_folder, pair, save
 
 IDENTITY = Preprocess(mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))  # output * 255 gives back the uint8 pixels
 IMAGENET = Preprocess(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), resize_size=40)

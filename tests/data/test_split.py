@@ -2,12 +2,11 @@
 from __future__ import annotations
 
 import pytest
+from synthetic.folders import sequence_names
 
 from seg_transfer.data.problems import DataError
 from seg_transfer.data.split import group_keys, kfold, split_names
 from seg_transfer.errors import ConfigError
-
-from . import sequence_names
 
 NAMES = [f"{n}.png" for n in sequence_names({"0001TP": 6, "0006R0": 10, "0016E5": 20})]
 REGEX = r"^(\w+?)_"

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from synthetic.folders import pair
 
 from seg_transfer.data import build_pipeline
 from seg_transfer.data.transforms import all_steps, reseed
 from seg_transfer.errors import ConfigError
-
-from . import pair
 
 
 @pytest.mark.parametrize("spec, message", [

@@ -4,10 +4,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from PIL import Image
+from synthetic.folders import pair, save
 
 from seg_transfer.data import VOC_CLASSES, DataError, build_dataset, build_voc
-
-from . import pair, save
 
 TRAIN = ["2007_000032", "2007_000039", "2008_000002"]
 VAL = ["2007_000033", "2009_000010"]

@@ -5,19 +5,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from synthetic.detection import H, W, voc, voc_tree, voc_xml
 
 from seg_transfer.data import build_dataset, check_dataset
 from seg_transfer.data.detection import BACKGROUND
 from seg_transfer.errors import ConfigError
 
-from .synthetic_boxes import H, W, voc, voc_tree, xml
-
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 
 
 def test_voc_boxes_reads_boxes_labels_and_lists(tmp_path):
-    root = voc_tree(tmp_path, {"a": xml([("dog", (1, 2, 30, 20)), ("cat", (10, 5, 59, 39))]),
-                               "b": xml([("cat", (0, 0, 60, 40))])})
+    root = voc_tree(tmp_path, {"a": voc_xml([("dog", (1, 2, 30, 20)), ("cat", (10, 5, 59, 39))]),
+                               "b": voc_xml([("cat", (0, 0, 60, 40))])})
     splits = voc(root)
     assert splits.classes == [BACKGROUND, "cat", "dog"]
     assert (len(splits.train), len(splits.val)) == (1, 1)
@@ -30,8 +29,8 @@ def test_voc_boxes_reads_boxes_labels_and_lists(tmp_path):
 
 
 def test_voc_boxes_images_without_objects_are_allowed(tmp_path):
-    root = voc_tree(tmp_path, {"a": xml([]), "b": None, "c": xml([("dog", (1, 1, 9, 9)), ("cat", (2, 2, 8, 8))]),
-                               "d": xml([("cat", (1, 1, 5, 5))])}, train=["a", "b", "d"], val=["c"])
+    root = voc_tree(tmp_path, {"a": voc_xml([]), "b": None, "c": voc_xml([("dog", (1, 1, 9, 9)), ("cat", (2, 2, 8, 8))]),
+                               "d": voc_xml([("cat", (1, 1, 5, 5))])}, train=["a", "b", "d"], val=["c"])
     splits = voc(root)
     for i in range(2):
         _, target = splits.train[i]
@@ -40,13 +39,13 @@ def test_voc_boxes_images_without_objects_are_allowed(tmp_path):
 
 
 def test_voc_boxes_ratio_split_ignores_lists(tmp_path):
-    root = voc_tree(tmp_path, {f"n{i}": xml([("cat", (1, 1, 9, 9))]) for i in range(10)})
+    root = voc_tree(tmp_path, {f"n{i}": voc_xml([("cat", (1, 1, 9, 9))]) for i in range(10)})
     splits = voc(root, split="ratio", val_ratio=0.3, seed=1)
     assert (len(splits.train), len(splits.val)) == (7, 3)
 
 
 def test_voc_boxes_config_errors(tmp_path):
-    root = voc_tree(tmp_path, {"a": xml([]), "b": xml([])})
+    root = voc_tree(tmp_path, {"a": voc_xml([]), "b": voc_xml([])})
     with pytest.raises(ConfigError, match="bad_boxes"):
         voc(root, bad_boxes="skip")
     with pytest.raises(ConfigError, match="duplicate"):

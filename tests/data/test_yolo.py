@@ -6,15 +6,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from synthetic.folders import save
+from synthetic.tool_files import BOX_MODEL, H, W, finetune, image, yolo_line, yolo_tree
 
 from seg_transfer.data import DataError, build_dataset, check_dataset
 from seg_transfer.data.detection import BACKGROUND
 from seg_transfer.data.yolo import label_path
 from seg_transfer.errors import ConfigError
 from seg_transfer.models.checkpoint import read_checkpoint
-
-from . import save
-from .tool_files import BOX_MODEL, H, W, finetune, image, yolo_line, yolo_tree
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 

@@ -8,8 +8,8 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from synthetic.classification import make_classes
 
-from engine.synthetic_classes import make_classes
 from seg_transfer.config import AugmentConfig, Config, from_dict
 from seg_transfer.engine.evaluate import evaluate_checkpoint
 from seg_transfer.engine.metrics import ClassificationMeter, classification_metrics

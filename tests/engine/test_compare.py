@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 from scipy import stats
+from synthetic.classification import make_classes
+from synthetic.segmentation import make_dataset
 
-from engine.synthetic import make_dataset
-from engine.synthetic_classes import make_classes
 from engine.test_cv import GROUPS, cls_config, seg_config
 from seg_transfer import cli
 from seg_transfer.config import Config
@@ -105,7 +105,7 @@ def test_compare_refuses_recipes_on_different_data(seg_root, tmp_path):
 
 def lr_config_files(seg_root, tmp_path) -> list[str]:
     """Two config files on the same grouped data, A at lr 0 (learns nothing), B at lr 0.01."""
-    from engine.synthetic import config
+    from synthetic.segmentation import config
 
     paths = []
     for name, lr in (("a", 0.0), ("b", 0.01)):

@@ -10,9 +10,9 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from synthetic.classification import make_classes
+from synthetic.segmentation import CLASSES, config, make_dataset
 
-from engine.synthetic import CLASSES, config, make_dataset
-from engine.synthetic_classes import make_classes
 from seg_transfer import cli
 from seg_transfer.config import Config, from_dict
 from seg_transfer.data.registry import build_dataset

@@ -7,13 +7,12 @@ import csv
 import numpy as np
 import pytest
 import torch
+from synthetic.detection import CLASSES, config, make_voc_boxes
 
 from seg_transfer.config import AugmentConfig, Config, from_dict
 from seg_transfer.data.detection import BoxTransform, build_box_pipeline, build_box_transforms, detection_collate
 from seg_transfer.engine.metrics import CocoMeter
 from seg_transfer.engine.trainer import Trainer
-
-from .synthetic_boxes import CLASSES, config, make_voc_boxes
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 

@@ -19,7 +19,10 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from data.synthetic_boxes import voc_tree, xml
+from synthetic.classification import make_classes
+from synthetic.detection import voc_tree, voc_xml
+from synthetic.segmentation import config as seg_config
+from synthetic.segmentation import make_dataset
 from torch.utils.data import DataLoader
 
 from seg_transfer import create_model
@@ -29,10 +32,6 @@ from seg_transfer.engine.distributed import ShardSampler, unshard
 from seg_transfer.engine.trainer import LR_SCALING, Trainer
 from seg_transfer.errors import ConfigError
 from seg_transfer.models.checkpoint import save_checkpoint
-
-from .synthetic import config as seg_config
-from .synthetic import make_dataset
-from .synthetic_classes import make_classes
 
 REPO = Path(__file__).resolve().parents[2]
 FINETUNE = str(REPO / "tools" / "finetune.py")
@@ -126,7 +125,7 @@ def detection_config(tmp: Path) -> dict:
     SSD divides each batch's loss by its number of matched anchors: every image has the same two boxes and
     no augmentation moves them, so each process's count is half the one-process count and the losses agree.
     (Faster R-CNN samples proposals with the global RNG, a different stream per process: not comparable.)"""
-    boxes = {f"img{i}": xml([("cat", (4, 5, 30, 28)), ("dog", (30, 10, 55, 36))]) for i in range(5)}
+    boxes = {f"img{i}": voc_xml([("cat", (4, 5, 30, 28)), ("dog", (30, 10, 55, 36))]) for i in range(5)}
     root = voc_tree(tmp / "det", boxes, train=[f"img{i}" for i in range(4)], val=["img4"])
     # SSD300's extra layers need its 300-pixel input: the smallest that runs
     return {"model": {"name": "ssd300_vgg16", "weights": None, "backbone_weights": None},
@@ -219,7 +218,7 @@ def test_distributed_evaluation_equals_one_process(tmp_path, one_thread):
            "data": {"format": "imagefolder", "root": str(cls_root),
                     "val_ratio": 0.2, "seed": 0},
            "augment": {"val": []}, "train": {"val_batch_size": 2}}
-    boxes = {f"img{i}": xml([("cat", (4 + i, 5, 30, 28)), ("dog", (30, 10, 55, 36))]) for i in range(8)}
+    boxes = {f"img{i}": voc_xml([("cat", (4 + i, 5, 30, 28)), ("dog", (30, 10, 55, 36))]) for i in range(8)}
     det_root = voc_tree(tmp_path / "det", boxes, train=[f"img{i}" for i in range(3)],
                         val=[f"img{i}" for i in range(3, 8)])
     det = {"model": {"name": "fasterrcnn_mobilenet_v3_large_320_fpn", "weights": None, "backbone_weights": None},

@@ -7,14 +7,13 @@ import sys
 from typing import Any
 
 import pytest
+from synthetic.segmentation import CLASSES, config, make_dataset
 
 from seg_transfer.config import Config, from_dict
 from seg_transfer.engine import distributed as D
 from seg_transfer.engine.loggers import CsvLogger, Loggers, TensorBoardLogger, build_loggers
 from seg_transfer.engine.trainer import Trainer
 from seg_transfer.errors import ConfigError
-
-from .synthetic import CLASSES, config, make_dataset
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import torch
+from synthetic.segmentation import config, make_dataset
 from torch import nn
 
 from seg_transfer.config import Config, from_dict
@@ -9,8 +10,6 @@ from seg_transfer.engine.precise_bn import recompute_bn_stats, trainable_bn
 from seg_transfer.engine.trainer import Trainer
 from seg_transfer.models.stages import stage_modules
 from seg_transfer.transfer import apply_freeze
-
-from .synthetic import config, make_dataset
 
 
 def test_running_stats_become_the_average_over_batches(one_thread):

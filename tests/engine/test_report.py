@@ -11,6 +11,9 @@ import shutil
 import pytest
 import yaml
 from PIL import Image
+from synthetic import classification as synthetic_classes
+from synthetic import detection as synthetic_boxes
+from synthetic import segmentation as synthetic
 
 from seg_transfer.cli import main
 from seg_transfer.config import Config, from_dict
@@ -18,8 +21,6 @@ from seg_transfer.engine.report import SECTIONS, render, write_report
 from seg_transfer.engine.trainer import Trainer
 from seg_transfer.models.build import build_model
 from seg_transfer.transfer.loading import load_matching
-
-from . import synthetic, synthetic_boxes, synthetic_classes
 
 pytestmark = [pytest.mark.usefixtures("one_thread"),
               pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")]

@@ -8,6 +8,8 @@ import csv
 import pytest
 import torch
 import yaml
+from synthetic.person import CLASSES, make_person_dataset, person_masks
+from synthetic.segmentation import config
 
 from seg_transfer.cli import main
 from seg_transfer.config import Config, from_dict
@@ -22,8 +24,6 @@ from seg_transfer.errors import ConfigError
 from seg_transfer.models.checkpoint import read_checkpoint
 from seg_transfer.predict import Predictor
 
-from .synthetic import config
-from .synthetic_person import CLASSES, make_person_dataset, person_masks
 from conftest import shared_image
 
 pytestmark = pytest.mark.usefixtures("one_thread")

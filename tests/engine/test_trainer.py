@@ -9,14 +9,13 @@ import json
 import pytest
 import torch
 import yaml
+from synthetic.segmentation import CLASSES, config, make_dataset
 
 from seg_transfer.config import Config, from_dict
 from seg_transfer.engine.trainer import Trainer, TrainingDiverged
 from seg_transfer.models.checkpoint import load_checkpoint, read_checkpoint
 from seg_transfer.models.stages import stage_modules
 from seg_transfer.predict import Predictor
-
-from .synthetic import CLASSES, config, make_dataset
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,6 @@
 """Transfer rules on detectors: stages of every detector backbone, freezing with the neck inside the
-backbone, class-aware init of class-indexed predictors, and a backbone from another task's checkpoint."""
+backbone, class-aware init of class-indexed predictors, a detector checkpoint's round trip (a backbone from
+another task's checkpoint: tests/transfer/test_backbone.py)."""
 from __future__ import annotations
 
 import pytest
@@ -13,7 +14,6 @@ from seg_transfer.models.detection import ZOO as DETECTION_ZOO
 from seg_transfer.models.detection import class_tensors
 from seg_transfer.models.stages import STAGES, stage_modules
 from seg_transfer.transfer import apply_freeze, class_aware_init, freeze_counts, param_groups, unfreeze
-from seg_transfer.transfer.backbone import stage_layers
 
 DETECTORS = [pytest.param(n, marks=pytest.mark.slow) if n == "ssd300_vgg16" else n for n in sorted(DETECTION_ZOO)] + [
     dict(backbone="resnet18", neck="fpn", head="fasterrcnn"), dict(backbone="vgg16", neck="none", head="fasterrcnn"),
@@ -94,70 +94,6 @@ def test_class_aware_init_without_matching_predictor():
         class_aware_init(model, ["__background__", "a"], model.info.classes, {})
 
 
-@pytest.fixture(scope="module")
-def seg_checkpoint(tmp_path_factory):
-    """A segmentation checkpoint of this toolkit (random LR-ASPP MobileNetV3, 11 CamVid-like classes)."""
-    torch.manual_seed(0)
-    seg = create_model("lraspp_mobilenet_v3_large", weights=None, backbone_weights=None, num_classes=11)
-    for m in seg.modules():  # distinguishable statistics, not the 0/1 defaults a fresh detector has too
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.uniform_(-1, 1)
-    return seg, save_checkpoint(tmp_path_factory.mktemp("seg") / "best.pt", seg)
-
-
-def test_segmentation_backbone_into_zoo_detector(seg_checkpoint):
-    """lraspp's ``backbone.<i>`` -> Faster R-CNN's ``backbone.body.<i>``: every stage tensor loads."""
-    seg, path = seg_checkpoint
-    det = create_model("fasterrcnn_mobilenet_v3_large_fpn", weights=None, backbone_weights=str(path), num_classes=4)
-    report = det.info.transfer
-    assert len(report.loaded) == sum(len(layer.tensors) for layer in stage_layers(det)) > 300
-    assert not report.skipped and not report.missing and not report.unexpected
-    assert set(report.by_part()) == set(STAGES)
-    assert "segmentation" in report.source and "lraspp_mobilenet_v3_large" in report.source
-    src, dst = seg.state_dict(), det.state_dict()
-    for a, b in [("backbone.0.0.weight", "backbone.body.0.0.weight"),
-                 ("backbone.16.1.running_mean", "backbone.body.16.1.running_mean"),
-                 ("backbone.13.block.1.0.weight", "backbone.body.13.block.1.0.weight")]:
-        assert torch.equal(src[a], dst[b]), (a, b)
-    assert det.info.config["backbone_weights"] == str(path)
-
-
-def test_segmentation_backbone_into_ssdlite_reports_reduced_tail(seg_checkpoint):
-    """SSDlite splits MobileNetV3 inside its C4 block and, without ImageNet weights, narrows its tail:
-    stages still line up, and the narrowed tensors are reported as shape mismatches."""
-    seg, path = seg_checkpoint
-    det = create_model("ssdlite320_mobilenet_v3_large", weights=None, backbone_weights=str(path), num_classes=4)
-    report = det.info.transfer
-    assert report.loaded and report.skipped and not report.missing
-    assert {report.parts[n] for n, _, _ in report.skipped} == {"layer4"}
-    assert torch.equal(seg.state_dict()["backbone.13.block.0.0.weight"],
-                       det.state_dict()["backbone.features.0.13.0.weight"])  # the split C4 block
-
-
-def test_assembled_segmentation_backbone_into_assembled_detector(tmp_path):
-    seg = create_model(backbone="resnet18", neck="fpn", head="fpn", num_classes=5, backbone_weights=None)
-    path = save_checkpoint(tmp_path / "seg.pt", seg)
-    det = create_model(backbone="resnet18", neck="fpn", head="fasterrcnn", num_classes=3, backbone_weights=str(path))
-    report = det.info.transfer
-    assert report.loaded and not report.skipped and not report.missing and not report.unexpected
-    assert all(n.startswith("backbone.body.") for n in report.loaded)
-    assert torch.equal(seg.state_dict()["backbone.body.layer4.1.conv2.weight"],
-                       det.state_dict()["backbone.body.layer4.1.conv2.weight"])
-
-
-def test_other_family_loads_nothing(seg_checkpoint):
-    """A MobileNet backbone into a ResNet-18 detector: the layers differ from the first conv, so nothing loads."""
-    _, path = seg_checkpoint
-    det = create_model(backbone="resnet18", neck="none", head="fasterrcnn", num_classes=3, backbone_weights=str(path))
-    assert not det.info.transfer.loaded and det.info.transfer.missing and det.info.transfer.unexpected
-
-
-def test_backbone_checkpoint_needs_zoo_weights_null(seg_checkpoint):
-    _, path = seg_checkpoint
-    with pytest.raises(ConfigError, match="weights: null"):
-        create_model("fasterrcnn_mobilenet_v3_large_fpn", backbone_weights=str(path), num_classes=4)
-
-
 def test_detector_checkpoint_round_trip(tmp_path):
     """A fine-tuned detector's checkpoint rebuilds from its own config: same classes, same detections."""
     torch.manual_seed(0)
@@ -174,22 +110,3 @@ def test_detector_checkpoint_round_trip(tmp_path):
     with torch.no_grad():
         a, b = model(image)[0], again(image)[0]
     assert len(a["boxes"]) and torch.equal(a["boxes"], b["boxes"]) and torch.equal(a["labels"], b["labels"])
-
-
-@pytest.mark.parametrize("source,target", [
-    (dict(name="resnet18", num_classes=2), dict(backbone="resnet18", neck="fpn", head="fasterrcnn", num_classes=3)),
-    (dict(name="fasterrcnn_mobilenet_v3_large_320_fpn", num_classes=3), dict(name="lraspp_mobilenet_v3_large", num_classes=5)),
-    (dict(name="fasterrcnn_mobilenet_v3_large_320_fpn", num_classes=3),
-     dict(backbone="mobilenet_v3_large", neck="none", head="lraspp", num_classes=5)),
-], ids=["classifier->detector", "detector->segmentation zoo", "detector->assembled segmentation"])
-def test_backbone_between_any_tasks(source, target, tmp_path):
-    """The same config line works in every direction: a classifier's or a detector's backbone too."""
-    torch.manual_seed(0)
-    src = create_model(**source, weights=None, backbone_weights=None)
-    path = save_checkpoint(tmp_path / "src.pt", src)
-    model = create_model(**target, weights=None, backbone_weights=str(path))
-    report = model.info.transfer
-    assert report.loaded and not report.skipped and not report.missing and not report.unexpected
-    assert len(report.loaded) == sum(len(layer.tensors) for layer in stage_layers(model))
-    ours, theirs = stage_layers(model), stage_layers(src)
-    assert all(torch.equal(a.tensors[k], b.tensors[k]) for a, b in zip(ours, theirs) for k in a.tensors)

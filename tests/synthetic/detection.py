@@ -1,25 +1,63 @@
-"""A synthetic box dataset the tests generate: coloured discs and squares on textured backgrounds,
-written as a VOC detection tree (JPEGImages/, Annotations/*.xml, ImageSets/Main/{train,val}.txt)."""
+"""Box data the tests write: VOC XML and VOC trees of random images (``voc_xml``, ``voc_tree``, ``voc``;
+classes ``TREE_CLASSES``), and a learnable set of coloured discs and squares on textured backgrounds
+(``make_voc_boxes``, classes ``CLASSES``) written as a VOC detection tree (JPEGImages/, Annotations/*.xml,
+ImageSets/Main/{train,val}.txt), or as Penn-Fudan instance masks."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional, Sequence
 
 import numpy as np
 from PIL import Image
 
-CLASSES = ["disc", "square"]
+from seg_transfer.data import DataSplits, build_dataset
+
+from . import save, with_sections
+
+CLASSES = ["disc", "square"]  # make_voc_boxes
 COLOURS = {1: (210, 60, 50), 2: (50, 90, 210)}
+TREE_CLASSES = ["cat", "dog"]  # voc_tree / voc
+H, W = 40, 60  # voc_tree's images
 
 
-def voc_xml(filename: str, width: int, height: int, objects: list[tuple[str, list[float]]]) -> str:
-    """A VOC annotation; ``objects`` are (name, [xmin, ymin, xmax, ymax])."""
-    parts = [f"<annotation><filename>{filename}</filename>",
+def voc_xml(objects: Sequence[tuple[str, Sequence[Any]]], width: int = W, height: int = H,
+            filename: Optional[str] = None) -> str:
+    """A VOC annotation; ``objects`` are (name, (xmin, ymin, xmax, ymax)), values written as given
+    (floats compactly), so a test can also write a bad one."""
+    def text(v: Any) -> str:
+        return f"{v:g}" if isinstance(v, float) else str(v)
+
+    parts = ["<annotation>" + (f"<filename>{filename}</filename>" if filename else ""),
              f"<size><width>{width}</width><height>{height}</height><depth>3</depth></size>"]
-    for name, (x0, y0, x1, y1) in objects:
-        parts.append(f"<object><name>{name}</name><difficult>0</difficult><bndbox><xmin>{x0:g}</xmin>"
-                     f"<ymin>{y0:g}</ymin><xmax>{x1:g}</xmax><ymax>{y1:g}</ymax></bndbox></object>")
+    for name, box in objects:
+        parts.append(f"<object><name>{name}</name><difficult>0</difficult><bndbox>" + "".join(
+            f"<{k}>{text(v)}</{k}>" for k, v in zip(("xmin", "ymin", "xmax", "ymax"), box)) + "</bndbox></object>")
     return "".join(parts) + "</annotation>"
+
+
+def image(seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 255, (H, W, 3), dtype=np.uint8)
+
+
+def voc_tree(root: Path, annotations: dict, train=None, val=None) -> Path:
+    """JPEGImages/<name>.png + Annotations/<name>.xml (text, or None for no file) + ImageSets/Main lists
+    (default: the last name is val)."""
+    for k, (name, text) in enumerate(annotations.items()):
+        save(root / "JPEGImages" / f"{name}.png", image(k))
+        if text is not None:
+            (root / "Annotations").mkdir(parents=True, exist_ok=True)
+            (root / "Annotations" / f"{name}.xml").write_text(text)
+    (root / "Annotations").mkdir(parents=True, exist_ok=True)
+    names = list(annotations)
+    lists = root / "ImageSets" / "Main"
+    lists.mkdir(parents=True, exist_ok=True)
+    (lists / "train.txt").write_text("\n".join(train if train is not None else names[:-1]) + "\n")
+    (lists / "val.txt").write_text("\n".join(val if val is not None else names[-1:]) + "\n")
+    return root
+
+
+def voc(root: Path, **options: Any) -> DataSplits:
+    return build_dataset({"format": "voc_boxes", "root": str(root), "classes": TREE_CLASSES, **options})
 
 
 def draw(rng: np.random.Generator, size: int, max_objects: int = 3
@@ -57,7 +95,7 @@ def make_voc_boxes(root: Path, n: int = 40, size: int = 96, seed: int = 0, val: 
         image, objects, _ = draw(rng, size)
         name = f"img_{i:03d}"
         Image.fromarray(image).save(root / "JPEGImages" / f"{name}.png")  # PNG: no JPEG drift in tests
-        (root / "Annotations" / f"{name}.xml").write_text(voc_xml(f"{name}.png", size, size, objects))
+        (root / "Annotations" / f"{name}.xml").write_text(voc_xml(objects, size, size, f"{name}.png"))
         names.append(name)
     n_val = n // 4 if val is None else val
     (root / "ImageSets/Main/train.txt").write_text("\n".join(names[:n - n_val]) + "\n")
@@ -87,6 +125,4 @@ def config(root: Path, out: Path, model: dict, **sections) -> dict:
                   "scheduler": "none", "amp": "off", "workers": 0, "device": "cpu"},
         "output": {"dir": str(out), "name": "run", "num_predictions": 2},
     }
-    for key, value in sections.items():
-        cfg[key] = {**cfg.get(key, {}), **value}
-    return cfg
+    return with_sections(cfg, sections)

@@ -6,6 +6,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from . import with_sections
+
 CLASSES = ["background", "disc", "square", "bar"]
 COLOURS = {1: (200, 60, 50), 2: (50, 170, 70), 3: (60, 80, 210)}
 
@@ -51,6 +53,4 @@ def config(root: Path, out: Path, **sections) -> dict:
                   "scheduler": "poly", "amp": "off", "workers": 0, "device": "cpu"},
         "output": {"dir": str(out), "name": "run", "num_predictions": 2},
     }
-    for key, value in sections.items():
-        cfg[key] = {**cfg.get(key, {}), **value}
-    return cfg
+    return with_sections(cfg, sections)
