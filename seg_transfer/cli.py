@@ -440,11 +440,18 @@ def cmd_backbone_table() -> int:
 def cmd_models(args: argparse.Namespace) -> int:
     if args.backbones:
         return cmd_backbone_table()
+    from .models import timm_backbones
     from .models.backbones import BACKBONES
     from .models.build import TASKS
     from .models.necks import NECKS
+    from .models.timm_weights import EXTRA
 
     print("backbones:\n  " + "\n  ".join(sorted(BACKBONES)))
+    installed = "installed" if timm_backbones.available() else f"not installed: {EXTRA}"
+    print(f"timm backbones (the optional 'timm' extra, {installed}):\n"
+          f"  timm/<name>: a timm model whose features_only network has levels at strides 4, 8, 16, 32 and runs "
+          f"as a sequence of modules, or a plain ViT (vit_*, deit_*); output stride 32\n"
+          f"  tested: {', '.join(timm_backbones.TESTED)}")
     print("necks:\n  " + "\n  ".join(sorted(NECKS)))
     for task, models in TASKS.items():
         print(f"{task} zoo (torchvision, pretrained end to end):\n  " + "\n  ".join(sorted(models.zoo)))

@@ -2,13 +2,15 @@
 
 A stand-in is a torchvision architecture built with a fixed seed and ``weights=None`` and saved under
 the official checkpoint file name in ``$TORCH_HOME/hub/checkpoints``, so torchvision's own loading path
-(enum -> cache hit -> strict ``load_state_dict``) runs for real. Its values are random: it proves two
-pipelines agree, never that a model is accurate. Its BatchNorm statistics are calibrated on random
+(enum -> cache hit -> strict ``load_state_dict``) runs for real; a timm one is saved where huggingface_hub's
+cache keeps the model's default weights, so timm's pretrained path loads it. Its values are random: it
+proves two pipelines agree, never that a model is accurate. Its BatchNorm statistics are calibrated on random
 images so that eval-mode activations are well scaled, as in a trained network. ``seg-transfer weights
 verify`` reports it as a hash mismatch.
 """
 from __future__ import annotations
 
+import hashlib
 import inspect
 import os
 from pathlib import Path
@@ -71,4 +73,38 @@ def build_standin(model: str, entry: str = "DEFAULT", seed: int = 0) -> Path:
     tmp = path.with_name(f".{path.name}.part")
     torch.save(net.state_dict(), tmp)
     os.replace(tmp, path)
+    return path
+
+
+# A fixed commit name for stand-ins in the Hugging Face cache (real snapshots are named by the hub's commit).
+STANDIN_COMMIT = hashlib.sha1(b"seg_transfer stand-in").hexdigest()
+
+
+def build_timm_standin(arch: str, seed: int = 0) -> Path:
+    """Write the stand-in for timm model ``arch``'s default pretrained weights into the Hugging Face cache
+    (huggingface_hub's folder and layout: ``models--<org>--<name>/refs/main`` naming a snapshot that holds
+    the file), once; returns its path. timm's real loading path finds it there offline."""
+    import safetensors.torch
+    import timm
+    from huggingface_hub import constants
+    from huggingface_hub.file_download import repo_folder_name
+    from timm.models._hub import HF_SAFE_WEIGHTS_NAME
+
+    cfg = timm.models.get_pretrained_cfg(arch)
+    if cfg is None or not cfg.hf_hub_id:
+        raise ValueError(f"timm names no pretrained weights on the Hugging Face hub for '{arch}'")
+    repo = str(cfg.hf_hub_id).partition("@")[0]
+    folder = Path(constants.HF_HUB_CACHE) / repo_folder_name(repo_id=repo, repo_type="model")
+    path = folder / "snapshots" / STANDIN_COMMIT / (cfg.hf_hub_filename or HF_SAFE_WEIGHTS_NAME)
+    if path.exists():
+        return path
+    torch.manual_seed(seed)
+    net = timm.create_model(arch, pretrained=False)
+    calibrate_batchnorm(net, seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.part")
+    safetensors.torch.save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(tmp))
+    os.replace(tmp, path)
+    (folder / "refs").mkdir(exist_ok=True)
+    (folder / "refs" / "main").write_text(STANDIN_COMMIT)
     return path

@@ -13,7 +13,7 @@ from typing import Callable
 
 import pytest
 
-from seg_transfer.testing import build_standin
+from seg_transfer.testing import build_standin, build_timm_standin
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 IMAGES = SHARED / "images"
@@ -35,11 +35,19 @@ def one_thread():
 
 @pytest.fixture(scope="session", autouse=True)
 def torch_home(tmp_path_factory) -> Path:
-    """Every test sees a private, initially empty TORCH_HOME: never the user's cache."""
+    """Every test sees a private, initially empty TORCH_HOME and Hugging Face cache: never the user's."""
     home = tmp_path_factory.mktemp("torch_home")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("TORCH_HOME", str(home))
         mp.delenv("SEG_TRANSFER_OFFLINE", raising=False)
+        mp.delenv("HF_HUB_OFFLINE", raising=False)
+        mp.setenv("HF_HUB_CACHE", str(home / "huggingface"))  # for subprocesses
+        try:  # huggingface_hub reads the variable at import: the running process needs its constant set
+            from huggingface_hub import constants
+            mp.setattr(constants, "HF_HUB_CACHE", str(home / "huggingface"))
+            mp.setattr(constants, "HF_HUB_OFFLINE", False)
+        except ImportError:  # without the timm extra
+            pass
         yield home
 
 
@@ -47,6 +55,14 @@ def torch_home(tmp_path_factory) -> Path:
 def standin(torch_home) -> Callable[..., Path]:
     """``standin("fcn_resnet50")`` -> path of the stand-in checkpoint, built on first use."""
     return build_standin
+
+
+@pytest.fixture(scope="session")
+def timm_standin(torch_home) -> Callable[..., Path]:
+    """``timm_standin("convnext_atto")`` -> the stand-in of timm's default weights in the Hugging Face cache;
+    tests of timm backbones skip without the timm extra."""
+    pytest.importorskip("timm")
+    return build_timm_standin
 
 
 LOOPBACK = ("127.0.0.1", "::1")

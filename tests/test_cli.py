@@ -435,7 +435,7 @@ def test_models_lists_every_registry_name(capsys):
     assert code == 0
     sections = re.split(r"^(\S.*):$", stdout, flags=re.M)
     body = {sections[i].split(" (")[0]: sections[i + 1] for i in range(1, len(sections), 2)}
-    expected = {"backbones", "necks"} | {f"{t} zoo" for t in TASKS} | {f"{t} heads" for t in TASKS}
+    expected = {"backbones", "timm backbones", "necks"} | {f"{t} zoo" for t in TASKS} | {f"{t} heads" for t in TASKS}
     assert set(body) == expected
     for key, registry in (("backbones", BACKBONES), ("necks", NECKS),
                           *((f"{t} zoo", m.zoo) for t, m in TASKS.items())):
@@ -455,6 +455,7 @@ def test_models_backbones_prints_the_measured_table(capsys, monkeypatch):
     from seg_transfer.models import catalog
 
     monkeypatch.setattr(catalog, "BACKBONES", {n: BACKBONES[n] for n in ("mobilenet_v3_small", "resnet18")})
+    monkeypatch.setattr(catalog.timm_backbones, "TESTED", ())
     code, stdout, err = run(capsys, "models", "--backbones")
     assert code == 0
     header, *rows = lines(stdout)[:3]

@@ -12,6 +12,8 @@ from ..data.common import DataSplits
 from ..errors import SegTransferError
 from ..io import resolve_device
 from ..models import weights as W
+from ..models.backbone_spec import TORCHVISION
+from ..models.backbones import spec_of
 from ..models.build import model_info
 from ..models.stages import check_stages
 from ..transfer.freeze import apply_freeze, param_groups
@@ -91,7 +93,9 @@ def _check_weights(cfg: Config, note: Callable[[str], None]) -> None:
                                                               enum=W.backbone_weights_enum(m.name)[0])))
     else:
         W.assembled_weights(m.weights)
-        specs = ([] if m.backbone is None or toolkit_checkpoint(m.backbone_weights) is not None else
+        # torchvision's weights specs; another library's (timm/<name>) are resolved when the model is built
+        specs = ([] if m.backbone is None or toolkit_checkpoint(m.backbone_weights) is not None
+                 or spec_of(m.backbone).source is not TORCHVISION else
                  [("model.backbone_weights", W.resolve(m.backbone, m.backbone_weights, "model.backbone_weights"))])
     for key, resolved in specs:
         if isinstance(resolved, W.WeightsEnum) and not W.cache_path(resolved).is_file():

@@ -8,7 +8,6 @@ map: its entry's ``pyramid`` turns it into the four levels (``transformers.Simpl
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Optional, cast
 
 import torch
@@ -16,12 +15,12 @@ from torch import nn
 from torchvision.models._utils import IntermediateLayerGetter
 
 from ..errors import ConfigError, unknown
+from . import timm_backbones
 from . import weights as W
+from .backbone_spec import BackboneSpec, Preset, Split, no_dilation
 from .preprocess import Preprocess
 from .stages import CUTS, OUT_STAGES, cut, resnet_stages
 from .transformers import swin_stages, vit_pyramid, vit_stages
-
-Split = Callable[[nn.Module], "OrderedDict[str, nn.Module]"]
 
 
 def features(body: nn.ModuleDict, pyramid: Optional[nn.Module], x: torch.Tensor) -> OrderedDict[str, torch.Tensor]:
@@ -97,10 +96,6 @@ def _regnet(net: nn.Module) -> OrderedDict[str, nn.Module]:
 
 
 # ------------------------------------------------------------------------------ dilation
-def _no_dilation(output_stride: int) -> dict[str, Any]:
-    return {}
-
-
 def _resnet_dilation(output_stride: int) -> dict[str, Any]:
     # DeepLab's dilation: keep resolution in the last stages instead of striding.
     return {"replace_stride_with_dilation": [False, output_stride <= 8, output_stride <= 16]}
@@ -110,22 +105,8 @@ def _mobilenet_v3_dilation(output_stride: int) -> dict[str, Any]:
     return {"dilated": output_stride == 16}
 
 
-@dataclass(frozen=True)
-class BackboneSpec:
-    """A torchvision classifier used as a backbone: its family, how it splits into stages, the output
-    strides it supports and the builder keyword arguments that give one (dilation), and for a plain ViT
-    the pyramid made from its one map. Weights and preprocessing: the builder's own ``Weights`` enum."""
-
-    tv_name: str
-    family: str
-    split: Split
-    strides: tuple[int, ...] = (32,)
-    dilation: Callable[[int], dict[str, Any]] = _no_dilation
-    pyramid: Optional[Callable[[nn.Module], nn.Module]] = None
-
-
 def family(name: str, builders: Iterable[str], split: Split, strides: tuple[int, ...] = (32,),
-           dilation: Callable[[int], dict[str, Any]] = _no_dilation,
+           dilation: Callable[[int], dict[str, Any]] = no_dilation,
            pyramid: Optional[Callable[[nn.Module], nn.Module]] = None) -> list[BackboneSpec]:
     """One entry per torchvision builder of a family that splits, dilates and preprocesses alike."""
     return [BackboneSpec(b, name, split, strides, dilation, pyramid) for b in builders]
@@ -168,10 +149,19 @@ BACKBONES: dict[str, BackboneSpec] = _registry([
 ])
 
 
+# Backbones of other libraries, ``<provider>/<name>``, resolved to a ``BackboneSpec`` when first named (timm
+# has about 1,300 architectures: they are not listed one by one, and the library itself is optional).
+PROVIDERS: dict[str, Callable[[str], BackboneSpec]] = {"timm": timm_backbones.timm_spec}
+
+
 def spec_of(name: str) -> BackboneSpec:
-    """The registry entry of backbone ``name``; an unknown name fails with the valid ones."""
+    """The registry entry of backbone ``name`` (or a provider's, for ``<provider>/<name>``); an unknown
+    name fails with the valid ones."""
+    provider, slash, _ = name.partition("/")
+    if slash and provider in PROVIDERS:
+        return PROVIDERS[provider](name)
     if name not in BACKBONES:
-        raise unknown("backbone", name, BACKBONES, "model.backbone")
+        raise unknown("backbone", name, [*BACKBONES, *(f"{p}/<name>" for p in PROVIDERS)], "model.backbone")
     return BACKBONES[name]
 
 
@@ -193,7 +183,12 @@ def build_backbone(name: str, weights: W.Spec = "DEFAULT", output_stride: Option
     local weights, from the family's DEFAULT weights), shorter side ``resize``."""
     spec = spec_of(name)
     stride = check_stride(name, output_stride)
-    net, resolved = W.build_torchvision(name, weights, key, **spec.dilation(stride))
-    transforms = W.enum_or_default(name, resolved).transforms()
+    net = spec.source.build(name, weights, key, **spec.dilation(stride))
     pyramid = spec.pyramid(net) if spec.pyramid is not None else None
-    return Backbone(spec.split(net), Preprocess.from_transforms(transforms, resize_size=resize), pyramid)
+    preprocess = Preprocess.from_transforms(backbone_transforms(name, weights), resize_size=resize)
+    return Backbone(spec.split(net), preprocess, pyramid)
+
+
+def backbone_transforms(name: str, weights: W.Spec) -> Preset:
+    """The preprocessing preset of backbone ``name`` with ``weights`` (its library's, never typed here)."""
+    return spec_of(name).source.transforms(name, weights)

@@ -18,7 +18,7 @@ from ..config import ModelConfig, from_dict, to_dict
 from ..errors import ConfigError, unknown
 from . import classification, detection, segmentation
 from . import weights as W
-from .backbones import BACKBONES
+from .backbones import BACKBONES, spec_of
 from .necks import NECKS
 from .preprocess import Built, Preprocess
 
@@ -78,8 +78,7 @@ def task_of(cfg: ModelConfig) -> str:
     if cfg.backbone is None or cfg.head is None:
         raise ConfigError(f"model: give 'name' (one of {', '.join(sorted(segmentation.ZOO))}) "
                           f"or both 'backbone' and 'head'")
-    if cfg.backbone not in BACKBONES:
-        raise unknown("backbone", cfg.backbone, BACKBONES, "model.backbone")
+    spec_of(cfg.backbone)  # an unknown name (or timm/<name> without timm) fails here
     found = [task for task, models in TASKS.items() if cfg.head in models.heads]
     if not found:
         raise unknown("head", cfg.head, [n for m in TASKS.values() for n in m.heads], "model.head")

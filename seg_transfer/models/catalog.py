@@ -1,6 +1,6 @@
-"""The backbone table of ``seg-transfer models --backbones``: each registered backbone measured from the
-model itself (parameters, GFLOPs at 512x512, strides, channel widths) with the weights torchvision ships
-for it and whether they are in the local cache.
+"""The backbone table of ``seg-transfer models --backbones``: each registered backbone (and, with timm
+installed, the timm backbones the suite tests) measured from the model itself (parameters, GFLOPs at
+512x512, strides, channel widths) with the weights its library ships for it and whether they are cached.
 
 Measuring runs on the ``meta`` device (shapes only: no memory for the weights, no arithmetic), so the whole
 registry takes seconds; the figures are kept in ``$TORCH_HOME/seg_transfer/backbones.json``, keyed by the
@@ -18,8 +18,9 @@ import torchvision
 from torch.utils.flop_counter import FlopCounterMode
 
 from ..io import atomic_path
+from . import timm_backbones
 from . import weights as W
-from .backbones import BACKBONES, Backbone, build_backbone
+from .backbones import BACKBONES, Backbone, build_backbone, spec_of
 
 FLOPS_SIZE = 512
 
@@ -57,17 +58,25 @@ def measure(name: str) -> BackboneFacts:
     counter = FlopCounterMode(display=False)
     with counter, torch.no_grad():
         backbone(torch.zeros(1, 3, FLOPS_SIZE, FLOPS_SIZE, device="meta"))
-    return BackboneFacts(name, BACKBONES[name].family, round(sum(p.numel() for p in backbone.parameters()) / 1e6, 1),
+    return BackboneFacts(name, spec_of(name).family, round(sum(p.numel() for p in backbone.parameters()) / 1e6, 1),
                          round(counter.get_total_flops() / 1e9, 1), list(backbone.strides.values()),
                          list(backbone.out_channels.values()))
+
+
+def listed() -> list[str]:
+    """The table's rows: every registered backbone, then the timm backbones the suite tests (timm installed)."""
+    return sorted(BACKBONES) + (list(timm_backbones.TESTED) if timm_backbones.available() else [])
 
 
 def backbone_facts(progress: Optional[Callable[[str], None]] = None,
                    names: Optional[Iterable[str]] = None) -> list[BackboneFacts]:
     """The facts of ``names`` (default: every registered backbone), measuring only those not cached for these
     torch/torchvision versions."""
-    names = sorted(BACKBONES) if names is None else list(names)
+    names = listed() if names is None else list(names)
     key = f"torch {torch.__version__}, torchvision {torchvision.__version__}"
+    if timm_backbones.available():
+        import timm
+        key += f", timm {timm.__version__}"
     path = table_path()
     try:
         saved = json.loads(path.read_text())
@@ -87,7 +96,10 @@ def backbone_facts(progress: Optional[Callable[[str], None]] = None,
 
 
 def weights_state(name: str) -> str:
-    """The weights entries torchvision has for ``name`` (DEFAULT marked ``*``), and whether DEFAULT is cached."""
+    """The weights entries torchvision has for ``name`` (DEFAULT marked ``*``), and whether DEFAULT is cached;
+    for a timm backbone its default weights' hub repository."""
+    if spec_of(name).source is timm_backbones.TIMM:
+        return timm_backbones.weights_state(name)
     enum = W.weights_enum(name)
     entries = ", ".join(w.name + ("*" if w == enum.DEFAULT else "") for w in enum)
     return f"{entries} ({'cached' if W.cache_path(enum.DEFAULT).is_file() else 'not cached'})"

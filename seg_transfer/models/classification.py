@@ -24,7 +24,7 @@ from torch import nn
 from ..config import ModelConfig
 from ..errors import ConfigError, unknown
 from . import weights as W
-from .backbones import BACKBONES, Backbone, build_backbone
+from .backbones import BACKBONES, Backbone, backbone_transforms, build_backbone
 from .preprocess import Built, Preprocess
 from .stages import inception_stages
 
@@ -137,8 +137,7 @@ def build_assembled(cfg: ModelConfig, backbone_weights: W.Spec) -> Built:
     body = build_backbone(str(cfg.backbone), backbone_weights, None, None)
     last = body.stage_names[-1]
     head = HEADS[str(cfg.head)].build(body.out_channels[last], len(classes), cfg)
-    resolved = W.resolve(str(cfg.backbone), backbone_weights, "model.backbone_weights")
-    transforms = W.enum_or_default(str(cfg.backbone), resolved).transforms()
+    transforms = backbone_transforms(str(cfg.backbone), backbone_weights)
     return ClassificationModel(body, head), classification_preprocess(transforms, cfg.resize), classes
 
 

@@ -96,6 +96,20 @@ def load_backbone(model: nn.Module, source: nn.Module, description: str = "") ->
     return report
 
 
+def built_backbone_report(model: nn.Module, description: str) -> TransferReport:
+    """The report of a backbone whose pretrained weights its library loaded when the model was built
+    (torchvision's and timm's loads are strict: every tensor of the network's stages came from the file).
+    A plain ViT's pyramid is new: its tensors are reported missing (freshly initialised)."""
+    pyramid = getattr(model.backbone, "pyramid", None)
+    new = {id(t) for t in pyramid.state_dict(keep_vars=True).values()} if isinstance(pyramid, nn.Module) else set()
+    report = TransferReport(source=description)
+    for layer in stage_layers(model):
+        for key, tensor in layer.tensors.items():
+            (report.missing if id(tensor) in new else report.loaded).append(layer.full(key))
+    report.parts = parts_of_names(model, [*report.loaded, *report.missing])
+    return report
+
+
 def load_backbone_checkpoint(model: nn.Module, path: Union[str, os.PathLike]) -> TransferReport:
     """``load_backbone`` from a seg_transfer checkpoint of any task (rebuilt from its own config)."""
     source = load_checkpoint(path)

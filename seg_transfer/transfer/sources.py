@@ -16,7 +16,7 @@ from ..errors import ConfigError
 from ..models import weights as W
 from ..models.build import build_model, model_info
 from ..models.checkpoint import is_checkpoint, read_checkpoint
-from .backbone import load_backbone_checkpoint
+from .backbone import built_backbone_report, load_backbone_checkpoint
 
 
 def toolkit_checkpoint(spec: Optional[str]) -> Optional[Path]:
@@ -42,7 +42,12 @@ def create_model(model: str | ModelConfig | Mapping[str, Any] | None = None, **k
         cfg = from_dict(ModelConfig, {"name": model, **kwargs}, "model")
     source = toolkit_checkpoint(cfg.backbone_weights)
     if source is None:
-        return build_model(cfg)
+        model = build_model(cfg)
+        pretrained = str(cfg.backbone_weights).lower() not in ("none", "null", "")
+        if cfg.name is None and pretrained and W.assembled_weights(cfg.weights) is None:
+            model_info(model).transfer = built_backbone_report(
+                model, f"{cfg.backbone} weights {cfg.backbone_weights}, loaded whole when the model was built")
+        return model
     if cfg.name is not None and str(cfg.weights).lower() not in ("none", "null", ""):
         raise ConfigError(f"model.backbone_weights: {source} is used only with model.weights: null "
                           f"(zoo model {cfg.name} would otherwise load its own pretrained weights)")

@@ -177,6 +177,10 @@ def _task_loss(task: str, model: nn.Module) -> torch.Tensor:
 def test_builds_freezes_and_trains_under_each_task(name, task):
     """stem..layer2 frozen (no gradient; BatchNorm held in eval), layer3 on: a training step reaches layer3's
     weights and none of the frozen ones."""
+    assert_freezes_and_trains(name, task)
+
+
+def assert_freezes_and_trains(name: str, task: str) -> None:
     model = create_model(backbone=name, backbone_weights=None, resize=64, **TASK_MODELS[task])
     assert model.info.task == task
     stages = stage_modules(model)
@@ -193,6 +197,10 @@ def test_builds_freezes_and_trains_under_each_task(name, task):
 
 @pytest.mark.parametrize("name", TASK_NAMES)
 def test_checkpoint_round_trip(name, tmp_path):
+    assert_round_trip(name, tmp_path)
+
+
+def assert_round_trip(name: str, tmp_path) -> None:
     """Saved and loaded, a model predicts the same."""
     model = create_model(backbone=name, backbone_weights=None, neck="fpn", head="fpn", num_classes=3, resize=64).eval()
     x = torch.rand(1, 3, 64, 64)
