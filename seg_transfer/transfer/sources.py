@@ -42,12 +42,12 @@ def create_model(model: str | ModelConfig | Mapping[str, Any] | None = None, **k
         cfg = from_dict(ModelConfig, {"name": model, **kwargs}, "model")
     source = toolkit_checkpoint(cfg.backbone_weights)
     if source is None:
-        model = build_model(cfg)
+        built = build_model(cfg)
         pretrained = str(cfg.backbone_weights).lower() not in ("none", "null", "")
         if cfg.name is None and pretrained and W.assembled_weights(cfg.weights) is None:
-            model_info(model).transfer = built_backbone_report(
-                model, f"{cfg.backbone} weights {cfg.backbone_weights}, loaded whole when the model was built")
-        return model
+            model_info(built).transfer = built_backbone_report(
+                built, f"{cfg.backbone} weights {cfg.backbone_weights}, loaded whole when the model was built")
+        return built
     if cfg.name is not None and str(cfg.weights).lower() not in ("none", "null", ""):
         raise ConfigError(f"model.backbone_weights: {source} is used only with model.weights: null "
                           f"(zoo model {cfg.name} would otherwise load its own pretrained weights)")
