@@ -637,7 +637,10 @@ class Trainer:
         plot_curves(self.history, folder.curves, metric=self.task.main_metric)
         images: dict[str, Path] = {}
         n = self.cfg.output.num_predictions
-        if n:
+        # Drawn at the epochs that become the best and at the last one, not every epoch: the drawing
+        # (the model on n val images, then PNG encoding) cost more than a short run's steps (RESULTS.md,
+        # "Run overhead"); the curves, every epoch, show progress in between.
+        if n and (improved or epoch + 1 == self.cfg.train.epochs):
             images["predictions"] = folder.predictions
             self.task.plot_predictions(self.model, self.val_images, n, self.device, images["predictions"])
         if improved and meter is not None:

@@ -342,3 +342,22 @@ def test_train_compile_wraps_the_step_and_keeps_the_weights_names(data_root, tmp
     assert not any("_orig_mod" in k for k in t.model.state_dict())
     assert not isinstance(trainer(data_root, tmp_path / "eager", train={"compile": False}).net,
                           torch._dynamo.eval_frame.OptimizedModule)
+
+
+def test_predictions_png_is_drawn_at_best_and_last_epochs_only(data_root, tmp_path, monkeypatch):
+    """The per-epoch drawing that cost more than a short run's steps: skipped on an epoch that neither
+    improves nor ends the run. The val score is held fixed, so only epoch 1 improves."""
+    t = trainer(data_root, tmp_path, train={"epochs": 3})
+    first = t.evaluate()
+    monkeypatch.setattr(t, "evaluate", lambda: first)  # every epoch scores the same: no later best
+    drawn: list[int] = []
+    plot = t.task.plot_predictions
+    def spy(model, dataset, n, device, path, **kw):
+        if path == t.folder.predictions:  # plot_best_worst draws through it too, into its own file
+            drawn.append(len(t.history))
+        return plot(model, dataset, n, device, path, **kw)
+
+    monkeypatch.setattr(t.task, "plot_predictions", spy)
+    t.fit()
+    assert drawn == [1, 3] and t.folder.predictions.is_file()
+    assert len(list(csv.DictReader(open(t.folder.metrics_csv)))) == 3
