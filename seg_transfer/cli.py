@@ -236,15 +236,17 @@ def _add_export(sub: Any) -> None:
 
 # -------------------------------------------------------------------------------- finetune, evaluate
 
-def _load_run_config(args: argparse.Namespace):
-    from .config import load_config
+def _load_run_config(args: argparse.Namespace, pretrain: bool = False):
+    """The config of ``args.config`` (or of the ``--resume`` run folder) with the overrides: finetune's, or
+    with ``pretrain`` a ``seg-transfer pretrain`` config."""
+    from .config import load_config, load_pretrain_config
 
     if getattr(args, "resume", None) and args.config and "=" in args.config and not Path(args.config).is_file():
         args.overrides, args.config = [args.config, *args.overrides], None  # `--resume DIR key=value`
     if args.config is None and not getattr(args, "resume", None):
         raise SegTransferError("give a CONFIG file (or --resume RUN_DIR)")
     path = args.config or str(RunFolder(args.resume).config)
-    return load_config(path, args.overrides)
+    return (load_pretrain_config if pretrain else load_config)(path, args.overrides)
 
 
 def _check_data(cfg, quiet: bool = False, progress: bool = True, whole: bool = False) -> int:
@@ -297,6 +299,20 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         if D.is_main():
             print(f"best val {trainer.task.metric_label} {result.best:.4f} at epoch {result.best_epoch}; "
                   f"checkpoints in {result.run_dir}/ ({BEST}, {LAST})")
+    finally:
+        D.teardown()
+    return 0
+
+
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    cfg = _load_run_config(args, pretrain=True)
+    from .engine import distributed as D
+    from .engine.pretrain.run import Pretrainer
+
+    try:  # every rank leaves the process group, also on error
+        run = Pretrainer(cfg, run_dir=Path(args.resume) if args.resume else args.run_dir, resume=bool(args.resume),
+                         progress=not args.quiet, command=_command(args))
+        run.fit()
     finally:
         D.teardown()
     return 0
@@ -649,6 +665,17 @@ def _add_finetune_evaluate(sub: Any) -> None:
     fin.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     fin.set_defaults(func=cmd_finetune)
 
+    pre = sub.add_parser("pretrain", help="self-supervised pretraining of a backbone on unlabelled images",
+                         description="Pretrain a backbone (SimCLR, VICReg or the dense PixContrast) on a folder "
+                                     f"of unlabelled images; RUN_DIR/{LAST} then serves as model.backbone_weights "
+                                     "for any task. Overrides: key.path=value, e.g. pretrain.epochs=3")
+    pre.add_argument("config", nargs="?", help="YAML config (optional with --resume)")
+    pre.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, after the CONFIG file")
+    pre.add_argument("--resume", metavar="RUN_DIR", help=f"continue the run in RUN_DIR from its {LAST}")
+    pre.add_argument("--run-dir", type=Path, help="run folder (default: output.dir/output.name)")
+    pre.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    pre.set_defaults(func=cmd_pretrain)
+
     ev = sub.add_parser("evaluate", help="score a checkpoint on a config's val split (or any folder)",
                         description="The task's metrics (mIoU and per-class IoU, COCO AP, accuracy and F1) "
                                     "and plots. A checkpoint in a run folder is scored on the run's own val "
@@ -778,7 +805,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # The sub-commands that take KEY=VALUE overrides: the argument names of their CONFIG file(s) and overrides.
-_OVERRIDES = {"finetune": ("config", "overrides"), "evaluate": ("config", "overrides"), "cv": ("config", "overrides"),
+_OVERRIDES = {"finetune": ("config", "overrides"), "pretrain": ("config", "overrides"),
+              "evaluate": ("config", "overrides"), "cv": ("config", "overrides"),
               "compare": ("configs", "overrides"), "convert": ("source", "options")}
 
 

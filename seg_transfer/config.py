@@ -286,6 +286,72 @@ class Config:
     output: OutputConfig = field(default_factory=OutputConfig)
 
 
+# ----------------------------------------------------------------------------------- pretrain config
+# pretrain.method: simclr (image-level contrastive), vicreg (image-level, no negatives), pixcontrast (dense:
+# contrast of feature-map cells at the same image point in two views, plus simclr's image-level term)
+SSL_METHODS = ("simclr", "vicreg", "pixcontrast")
+
+
+@dataclass
+class PretrainModelConfig:
+    """``model:`` of ``seg-transfer pretrain``: the backbone (``models --backbones``) and its starting
+    weights (None: random init; DEFAULT or a torchvision entry: continue from ImageNet on your images)."""
+
+    backbone: str = "resnet18"
+    weights: Optional[str] = None
+
+
+@dataclass
+class UnlabelledData:
+    """``data:`` of ``seg-transfer pretrain``: every image under ``root`` (recursively), or the files
+    ``list`` names (a text file, one path per line, relative to ``root``)."""
+
+    root: str = ""
+    list: Optional[str] = None
+
+
+@dataclass
+class PretrainConfig:
+    """``pretrain:``: the method, its views (``image_size`` crops of at least ``min_scale`` of the image
+    decoded at ``load_size``), optimisation (AdamW, cosine after a linear warmup) and the k-NN monitor
+    (``monitor``: a labelled ``data:`` block, classification or segmentation)."""
+
+    method: str = _choice("simclr", *SSL_METHODS)
+    epochs: int = _at_least(100, 1)
+    batch_size: int = _at_least(64, 2)
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    warmup_epochs: float = 1.0
+    image_size: int = _at_least(96, 32)
+    load_size: Optional[int] = field(default=None, metadata={"min": 32})  # None: 1.5 x image_size
+    min_scale: float = 0.2
+    color: float = 0.4  # brightness/contrast/saturation jitter strength
+    grayscale: float = 0.2  # probability
+    temperature: float = 0.1  # simclr, pixcontrast
+    projection_dim: int = _at_least(128, 1)
+    hidden_dim: int = _at_least(512, 1)
+    dense_weight: float = 0.5  # pixcontrast: dense term's share (the image-level term has the rest)
+    monitor: Optional[dict[str, Any]] = None
+    knn_k: int = _at_least(20, 1)
+    monitor_every: int = _at_least(1, 1)  # epochs between k-NN evaluations (and always the last)
+    seed: int = 0
+    deterministic: bool = False
+    device: str = "auto"
+    amp: str = _choice("auto", *AMP_MODES, aliases=AMP_ALIASES)
+    workers: Optional[int] = field(default=None, metadata={"min": 0})
+    loggers: list[str] = field(default_factory=lambda: ["csv"], metadata={"choices": LOGGER_NAMES})
+
+
+@dataclass
+class PretrainRunConfig:
+    """A whole ``seg-transfer pretrain`` run."""
+
+    model: PretrainModelConfig = field(default_factory=PretrainModelConfig)
+    data: UnlabelledData = field(default_factory=UnlabelledData)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+
+
 def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
     """Deep merge: mappings merge key by key, anything else in ``over`` replaces."""
     out = dict(base)
@@ -323,8 +389,7 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str,
     return data
 
 
-def load_config(path: str, overrides: Sequence[str] = ()) -> Config:
-    """YAML (with one level of ``_base_: other.yaml``) + ``key.path=value`` overrides -> Config."""
+def _load_data(path: str, overrides: Sequence[str]) -> dict[str, Any]:
     data = load_yaml(path)
     base = data.pop("_base_", None)
     if base is not None:
@@ -333,8 +398,22 @@ def load_config(path: str, overrides: Sequence[str] = ()) -> Config:
         if "_base_" in base_data:
             raise ConfigError(f"{base_path}: _base_ inside a base config: one level of inheritance only")
         data = _merge(base_data, data)
-    data = apply_overrides(data, overrides)
-    return from_dict(Config, data)
+    return apply_overrides(data, overrides)
+
+
+def load_config(path: str, overrides: Sequence[str] = ()) -> Config:
+    """YAML (with one level of ``_base_: other.yaml``) + ``key.path=value`` overrides -> Config."""
+    return from_dict(Config, _load_data(path, overrides))
+
+
+def load_pretrain_config(path: str, overrides: Sequence[str] = ()) -> PretrainRunConfig:
+    """``seg-transfer pretrain``'s config, read as ``load_config`` reads finetune's; ``data.root`` is required."""
+    cfg = from_dict(PretrainRunConfig, _load_data(path, overrides))
+    if not cfg.data.root:
+        raise ConfigError(f"{path}: data.root: the folder of unlabelled images is required")
+    if not 0 < cfg.pretrain.min_scale <= 1:
+        raise ConfigError(f"pretrain.min_scale: expected a share of the image in (0, 1], got {cfg.pretrain.min_scale}")
+    return cfg
 
 
 def is_local_spec(spec: Any) -> bool:
@@ -349,21 +428,37 @@ def absolute_paths(cfg: Config) -> Config:
     they name files. Every data format reads its other paths (images, masks, list files, labelmap...)
     relative to ``data.root``, so they follow it. ``output.dir`` stays as given: where a rerun writes is
     the rerun's choice."""
-    def weights(spec: Optional[str]) -> Optional[str]:
-        if spec is None or not is_local_spec(spec):
-            return spec
-        return os.path.abspath(os.path.expanduser(spec))  # ~ expanded, as weights.resolve reads it
-
-    root, init = cfg.data.get("root"), cfg.train.init_from
+    init = cfg.train.init_from
     return dataclasses.replace(
-        cfg, model=dataclasses.replace(cfg.model, weights=weights(cfg.model.weights),
-                                       backbone_weights=weights(cfg.model.backbone_weights)),
-        data={**cfg.data, "root": os.path.abspath(root)} if isinstance(root, (str, os.PathLike)) else cfg.data,
+        cfg, model=dataclasses.replace(cfg.model, weights=_absolute_weights(cfg.model.weights),
+                                       backbone_weights=_absolute_weights(cfg.model.backbone_weights)),
+        data=_absolute_root(cfg.data),
         train=dataclasses.replace(cfg.train, init_from=os.path.abspath(init) if init else init))
 
 
-def dump_config(cfg: Config) -> str:
+def _absolute_weights(spec: Optional[str]) -> Optional[str]:
+    if spec is None or not is_local_spec(spec):
+        return spec
+    return os.path.abspath(os.path.expanduser(spec))  # ~ expanded, as weights.resolve reads it
+
+
+def _absolute_root(data: dict[str, Any]) -> dict[str, Any]:
+    root = data.get("root")
+    return {**data, "root": os.path.abspath(root)} if isinstance(root, (str, os.PathLike)) else data
+
+
+def pretrain_absolute_paths(cfg: PretrainRunConfig) -> PretrainRunConfig:
+    """``absolute_paths`` for a pretrain config: ``data.root``, ``pretrain.monitor``'s root, local weights."""
+    monitor = cfg.pretrain.monitor
+    return dataclasses.replace(
+        cfg, model=dataclasses.replace(cfg.model, weights=_absolute_weights(cfg.model.weights)),
+        data=dataclasses.replace(cfg.data, root=os.path.abspath(cfg.data.root)),
+        pretrain=dataclasses.replace(cfg.pretrain, monitor=_absolute_root(monitor) if monitor else monitor))
+
+
+def dump_config(cfg: Union[Config, PretrainRunConfig]) -> str:
     """The resolved config as YAML, its paths absolute (``absolute_paths``): what every run folder saves."""
     import yaml
 
-    return yaml.safe_dump(to_dict(absolute_paths(cfg)), sort_keys=False)
+    resolved = pretrain_absolute_paths(cfg) if isinstance(cfg, PretrainRunConfig) else absolute_paths(cfg)
+    return yaml.safe_dump(to_dict(resolved), sort_keys=False)

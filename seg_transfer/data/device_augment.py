@@ -169,9 +169,10 @@ def resized_crop_boxes(sizes: torch.Tensor, generator: torch.Generator, scale: t
     return torch.tensor(boxes, dtype=torch.float64)
 
 
-def resized_crop(sizes: torch.Tensor, size: int, generator: torch.Generator, flip: float = 0.5) -> Windows:
-    """Classification's ``RandomResizedCrop`` to ``size`` + ``HorizontalFlip``."""
-    box = resized_crop_boxes(sizes, generator)
+def resized_crop(sizes: torch.Tensor, size: int, generator: torch.Generator, flip: float = 0.5,
+                 scale: tuple[float, float] = (0.08, 1.0)) -> Windows:
+    """Classification's ``RandomResizedCrop`` to ``size`` (``scale``: the share of the area) + ``HorizontalFlip``."""
+    box = resized_crop_boxes(sizes, generator, scale)
     flips = torch.rand(len(sizes), generator=generator) < flip
     full = (torch.zeros(len(sizes), dtype=torch.float64), torch.full((len(sizes),), float(size), dtype=torch.float64))
     return Windows(top=box[:, 0], left=box[:, 1], step_y=box[:, 2] / size, step_x=box[:, 3] / size,

@@ -64,7 +64,8 @@ def _compact(count: float) -> str:
 
 # ------------------------------------------------------------------------------------------ curves
 SCORES = (("miou", "mIoU"), ("iou", "IoU"), ("dice", "Dice"), ("pixel_acc", "pixel accuracy"), ("accuracy", "accuracy"),
-          ("macro_f1", "macro F1"), ("ap", "AP"), ("ap50", "AP50"))  # the validation columns curves.png draws
+          ("macro_f1", "macro F1"), ("ap", "AP"), ("ap50", "AP50"),
+          ("knn_accuracy", "k-NN accuracy"))  # the validation columns curves.png draws (the last: pretrain's monitor)
 # (iou and dice: a binary segmentation model's foreground)
 
 

@@ -144,6 +144,19 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
         torch.backends.cudnn.benchmark = False
 
 
+def resumed_run_info(folder: RunFolder, resume: bool, command: Optional[Sequence[str]], device: torch.device,
+                     epoch: int) -> tuple[str, dict[str, Any], Optional[dict[str, Any]]]:
+    """(now, how this process runs, and when ``resume``: the run's run.json with this resume listed in it):
+    a resumed run keeps its original command and start."""
+    now = time.strftime("%Y-%m-%dT%H:%M:%S")
+    here = {"command": command, "cwd": os.getcwd(), "world_size": D.world_size(), "device": str(device)}
+    info = folder.run() if resume else None
+    if info is not None:
+        info.setdefault("resumes", []).append({**here, "at": now, "epoch": epoch})
+        info["finished"] = None
+    return now, here, info
+
+
 class Trainer:
     """Build everything a config describes, then ``fit()``. ``command``: the argv that started the run
     (``seg-transfer finetune ...``), recorded in run.json so the report can say how to reproduce it.
@@ -603,12 +616,8 @@ class Trainer:
     def _start_run_info(self) -> dict[str, Any]:
         """run.json's start: how the run was started, on what, and what was frozen. A resumed run keeps
         the original command and start, and lists each resume."""
-        now = time.strftime("%Y-%m-%dT%H:%M:%S")
-        here = {"command": self.command, "cwd": os.getcwd(), "world_size": D.world_size(), "device": str(self.device)}
-        info = self.folder.run() if self.resume else None
+        now, here, info = resumed_run_info(self.folder, self.resume, self.command, self.device, self.start_epoch)
         if info is not None:
-            info.setdefault("resumes", []).append({**here, "at": now, "epoch": self.start_epoch})
-            info["finished"] = None
             return info
         counts = freeze_counts(self.model)
         held = sum(1 for m in self.model.modules() if bn_held_in_eval(m))

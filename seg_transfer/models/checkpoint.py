@@ -18,6 +18,9 @@ from .build import build_model, model_info
 from .preprocess import Preprocess
 
 FORMAT = "seg_transfer.checkpoint/1"
+# What ``seg-transfer pretrain`` adds to its checkpoints: {method, epochs, images, ...}; the transfer report
+# of a backbone taken from such a file says so.
+PRETRAIN_KEY = "pretrain"
 
 
 def model_payload(model: nn.Module) -> dict[str, Any]:
@@ -72,10 +75,14 @@ def is_checkpoint(path: Union[str, os.PathLike]) -> bool:
 
 def load_checkpoint(path: Union[str, os.PathLike], device: Union[str, torch.device] = "cpu") -> nn.Module:
     """Rebuild the model saved in ``path`` (eval mode) with its class names and preprocessing."""
-    ckpt = read_checkpoint(path)
+    return rebuild(read_checkpoint(path), path).to(device).eval()
+
+
+def rebuild(ckpt: dict[str, Any], path: Union[str, os.PathLike]) -> nn.Module:
+    """The model a ``read_checkpoint`` dict describes, its weights loaded (``path``: for error messages)."""
     model = build_model(ckpt["model"])
     W.load_into(model, ckpt["state_dict"], path)
     info = model_info(model)
     info.preprocess = Preprocess.from_dict(ckpt["preprocess"])
     info.classes = list(ckpt["classes"])
-    return model.to(device).eval()
+    return model

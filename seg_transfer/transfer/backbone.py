@@ -22,7 +22,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torchvision.ops import FrozenBatchNorm2d
 
 from ..models.build import model_info
-from ..models.checkpoint import load_checkpoint
+from ..models.checkpoint import PRETRAIN_KEY, read_checkpoint, rebuild
 from ..models.stages import stage_modules
 from .loading import TransferReport, parts_of_names
 
@@ -111,9 +111,16 @@ def built_backbone_report(model: nn.Module, description: str) -> TransferReport:
 
 
 def load_backbone_checkpoint(model: nn.Module, path: Union[str, os.PathLike]) -> TransferReport:
-    """``load_backbone`` from a seg_transfer checkpoint of any task (rebuilt from its own config)."""
-    source = load_checkpoint(path)
+    """``load_backbone`` from a seg_transfer checkpoint of any task (rebuilt from its own config); the
+    report's source says where that backbone came from (a fine-tune, or ``seg-transfer pretrain``)."""
+    ckpt = read_checkpoint(path)
+    source = rebuild(ckpt, path)
     info = model_info(source)
     cfg = info.config
+    pretrain = ckpt.get(PRETRAIN_KEY)
+    if pretrain:
+        return load_backbone(model, source, f"{cfg.get('backbone')} backbone of {Path(path)}: self-supervised "
+                             f"pretraining ({pretrain['method']}, {pretrain['epochs']} epochs, "
+                             f"{pretrain['images']} images)")
     arch = cfg.get("name") or f"{cfg.get('backbone')}+{cfg.get('neck')}+{cfg.get('head')}"
     return load_backbone(model, source, f"backbone stages of {Path(path)} ({info.task}, {arch})")
