@@ -64,8 +64,9 @@ def _compact(count: float) -> str:
 
 # ------------------------------------------------------------------------------------------ curves
 SCORES = (("miou", "mIoU"), ("iou", "IoU"), ("dice", "Dice"), ("pixel_acc", "pixel accuracy"), ("accuracy", "accuracy"),
-          ("macro_f1", "macro F1"), ("ap", "AP"), ("ap50", "AP50"))  # the validation columns curves.png draws
-# (iou and dice: a binary segmentation model's foreground)
+          ("macro_f1", "macro F1"), ("ap", "AP"), ("ap50", "AP50"),
+          ("accepted", "pseudo-labels accepted"))  # the validation columns curves.png draws
+# (iou and dice: a binary segmentation model's foreground; accepted: self-training's share of pseudo-labels)
 
 
 def plot_curves(rows: Sequence[Mapping[str, Any]], path: PathLike, metric: Optional[str] = None) -> Path:
