@@ -11,9 +11,10 @@ import yaml
 from engine.synthetic import config, make_dataset
 from PIL import Image
 
+from seg_transfer import create_model
 from seg_transfer.cli import main
-from seg_transfer.predict import ClassificationResult, SegmentationResult
-from seg_transfer.predict.suggest import entropy, select, uncertainty
+from seg_transfer.predict import ClassificationResult, DetectionResult, Predictor, SegmentationResult
+from seg_transfer.predict.suggest import entropy, select, suggest, uncertainty
 from seg_transfer.run_folder import SUGGESTIONS_CSV, SUGGESTIONS_PNG, SUGGESTIONS_TXT
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -37,6 +38,33 @@ def test_an_unsure_image_ranks_above_a_sure_one():
         u = [uncertainty(r) for r in results]
         assert u[1] > u[0]
         assert select(u, np.eye(2), 1)[0][0] == 1
+
+
+def test_detection_uncertainty_is_one_minus_the_best_score():
+    image = torch.zeros(3, 4, 4, dtype=torch.uint8)
+
+    def boxes(*scores):
+        n = len(scores)
+        return DetectionResult(image, torch.zeros(n, 4), torch.ones(n, dtype=torch.long), torch.tensor(scores),
+                               ["__background__", "a"])
+    assert uncertainty(boxes(0.9, 0.2)) == pytest.approx(0.1)
+    assert uncertainty(boxes()) == 1.0  # nothing found at all: as unsure as it gets
+
+
+@pytest.mark.parametrize("model", [
+    {"name": "resnet18", "weights": None, "num_classes": 3},  # a zoo classifier: its backbone is a view
+    {"backbone": "resnet18", "neck": "fpn", "head": "fcos", "classes": ["__background__", "a", "b"],
+     "backbone_weights": None, "resize": 64},
+])
+def test_suggest_takes_features_from_every_kind_of_model(model, tmp_path):
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)).save(tmp_path / f"{i}.png")
+    torch.manual_seed(0)
+    found = suggest(Predictor(create_model(**model)), sorted(tmp_path.glob("*.png")), 2, tmp_path / "out",
+                    progress=False)
+    assert len(found.picks) == 2 and all(s.features.dim() == 1 and s.features.numel() > 0 for s in found.scored)
+    assert all(f.is_file() for f in found.files)
 
 
 def test_picks_are_spread_in_feature_space():
