@@ -13,7 +13,22 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 from .errors import SegTransferError
-from .run_folder import BEST, COMPARE, CONFIG, CV_PLOT, CV_SUMMARY_CSV, CV_SUMMARY_JSON, EVAL_DIR, LAST, REPORT, RunFolder
+from .run_folder import (
+    BEST,
+    COMPARE,
+    CONFIG,
+    CV_PLOT,
+    CV_SUMMARY_CSV,
+    CV_SUMMARY_JSON,
+    EVAL_DIR,
+    LAST,
+    REPORT,
+    SUGGEST_DIR,
+    SUGGESTIONS_CSV,
+    SUGGESTIONS_PNG,
+    SUGGESTIONS_TXT,
+    RunFolder,
+)
 
 _AUTO_TILE_MP = 16  # predict.tiling.AUTO_TILE_PIXELS in megapixels (not imported: --help stays torch-free)
 
@@ -420,6 +435,32 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_suggest(args: argparse.Namespace) -> int:
+    from .data.unlabelled import image_files
+    from .predict import Predictor
+    from .predict.suggest import suggest
+
+    run = RunFolder(args.run_dir)
+    if not run.path.is_dir():
+        raise SegTransferError(f"{run.path}: no such run folder")
+    if not run.best.is_file():
+        raise SegTransferError(f"{run.path}: no {BEST} (a fine-tune's run folder holds one once an epoch was evaluated)")
+    if args.n < 1:
+        raise SegTransferError(f"--n: expected at least 1 image to suggest, got {args.n}")
+    pool = image_files(args.pool, "--pool")
+    out = Path(args.out) if args.out else run.path / SUGGEST_DIR
+    found = suggest(Predictor.from_checkpoint(run.best, device=args.device), pool, args.n, out,
+                    progress=not args.quiet)
+    for line in found.failed:
+        _err(f"{line} (skipped)")
+    if not args.quiet:
+        for rank, (i, _, score) in enumerate(found.picks):
+            print(f"{rank + 1:>4}  {found.scored[i].uncertainty:.3f}  {found.scored[i].path}")
+    print(f"suggested {len(found.picks)} of {len(found.scored)} pool images (uncertainty x distance in the "
+          f"model's feature space); wrote {', '.join(str(f) for f in found.files)}")
+    return 1 if found.failed else 0
+
+
 def cmd_advise(args: argparse.Namespace) -> int:
     from .advise import advise
 
@@ -741,6 +782,22 @@ def _add_report(sub: Any) -> None:
     rep.set_defaults(func=cmd_report)
 
 
+def _add_suggest(sub: Any) -> None:
+    sug = sub.add_parser("suggest", help="rank unlabelled images for labelling: uncertain and diverse first",
+                         description=f"Score every image of a pool with a run's {BEST}: the model's uncertainty "
+                                     "(pixel or image entropy; detection: 1 - best box score) times the distance, "
+                                     "in the backbone's feature space, to the images already picked (greedy "
+                                     f"k-center). Writes {SUGGESTIONS_CSV}, {SUGGESTIONS_TXT} and a contact sheet "
+                                     f"{SUGGESTIONS_PNG} of the picks with their predictions.")
+    sug.add_argument("run_dir", metavar="RUN_DIR", help=f"a fine-tune's run folder (its {BEST} is used)")
+    sug.add_argument("--pool", required=True, metavar="DIR", help="the unlabelled images (searched recursively)")
+    sug.add_argument("--n", type=int, required=True, metavar="N", help="how many images to pick")
+    sug.add_argument("--out", metavar="DIR", help=f"where to write (default: RUN_DIR/{SUGGEST_DIR})")
+    sug.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ... (default: cpu)")
+    sug.add_argument("-q", "--quiet", action="store_true", help="no progress bar, no table of the picks")
+    sug.set_defaults(func=cmd_suggest)
+
+
 def _add_convert(sub: Any) -> None:
     conv = sub.add_parser("convert", help="write a dataset as folder masks, COCO JSON or class folders",
                           description="Write what training reads from a dataset in the toolkit's own layout, to "
@@ -800,6 +857,7 @@ def build_parser() -> argparse.ArgumentParser:
     mod.set_defaults(func=cmd_models)
     _add_weights(sub)
     _add_report(sub)
+    _add_suggest(sub)
     _add_convert(sub)
     return p
 

@@ -265,6 +265,28 @@ class CacheConfig:
 
 
 @dataclass
+class SelfTrainConfig:
+    """``selftrain:``: pseudo-labelled images from ``unlabelled`` (a folder, searched recursively) join
+    segmentation and classification fine-tuning, FixMatch's way: the model's own prediction on a weak view
+    (the train recipe) is the target of a strong view (+ colour jitter, grey, blur, cutout) wherever its
+    confidence reaches ``threshold``; the rest is ignored. ``weight``: the unlabelled loss's weight;
+    ``ratio``: unlabelled images per labelled image in a step; ``start_epoch``: epochs of labelled-only
+    training before pseudo-labels start (a random-init model's first guesses are noise)."""
+
+    unlabelled: Optional[str] = None
+    threshold: float = 0.9
+    weight: float = 1.0
+    ratio: int = _at_least(1, 1)
+    start_epoch: int = _at_least(0, 0)
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.threshold <= 1.0:
+            raise ConfigError(f"selftrain.threshold: expected a confidence in (0, 1], got {self.threshold!r}")
+        if self.weight < 0:
+            raise ConfigError(f"selftrain.weight: expected a weight >= 0, got {self.weight!r}")
+
+
+@dataclass
 class OutputConfig:
     """``output:``: where the run folder goes."""
 
@@ -283,6 +305,7 @@ class Config:
     freeze: FreezeConfig = field(default_factory=FreezeConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
+    selftrain: SelfTrainConfig = field(default_factory=SelfTrainConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
 
 
@@ -424,16 +447,17 @@ def is_local_spec(spec: Any) -> bool:
 
 def absolute_paths(cfg: Config) -> Config:
     """``cfg`` with every path it reads made absolute (from the working directory), so that it reruns from
-    any folder: ``data.root``, ``train.init_from``, and ``model.weights`` / ``model.backbone_weights`` when
-    they name files. Every data format reads its other paths (images, masks, list files, labelmap...)
-    relative to ``data.root``, so they follow it. ``output.dir`` stays as given: where a rerun writes is
-    the rerun's choice."""
-    init = cfg.train.init_from
+    any folder: ``data.root``, ``train.init_from``, ``selftrain.unlabelled``, and ``model.weights`` /
+    ``model.backbone_weights`` when they name files. Every data format reads its other paths (images,
+    masks, list files, labelmap...) relative to ``data.root``, so they follow it. ``output.dir`` stays as
+    given: where a rerun writes is the rerun's choice."""
+    init, pool = cfg.train.init_from, cfg.selftrain.unlabelled
     return dataclasses.replace(
         cfg, model=dataclasses.replace(cfg.model, weights=_absolute_weights(cfg.model.weights),
                                        backbone_weights=_absolute_weights(cfg.model.backbone_weights)),
         data=_absolute_root(cfg.data),
-        train=dataclasses.replace(cfg.train, init_from=os.path.abspath(init) if init else init))
+        train=dataclasses.replace(cfg.train, init_from=os.path.abspath(init) if init else init),
+        selftrain=dataclasses.replace(cfg.selftrain, unlabelled=os.path.abspath(pool) if pool else pool))
 
 
 def _absolute_weights(spec: Optional[str]) -> Optional[str]:

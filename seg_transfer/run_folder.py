@@ -33,6 +33,11 @@ REPORT = "report.html"
 EVAL_METRICS = "metrics.json"  # evaluate's out folder: the checkpoint's metrics
 EVAL_DIR = "eval"  # evaluate's default out folder, beside the checkpoint
 ERROR = "error.txt"  # cv: the traceback of a run that failed
+# suggest's out folder (default RUN_DIR/suggest): which pool images to label next
+SUGGEST_DIR = "suggest"
+SUGGESTIONS_CSV = "suggestions.csv"  # every pool image: the picks in rank order, then the rest by uncertainty
+SUGGESTIONS_TXT = "suggestions.txt"  # the picked images' paths, one a line: what goes to the annotators
+SUGGESTIONS_PNG = "suggestions.png"  # the contact sheet of the picks with their predictions
 MARKERS = (RUN_JSON, CONFIG, METRICS_CSV, EVAL_METRICS)  # any one of them: a run folder (or evaluate's)
 
 # ---------------------------------------------------------------------- a cross-validation folder

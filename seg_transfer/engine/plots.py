@@ -65,8 +65,9 @@ def _compact(count: float) -> str:
 # ------------------------------------------------------------------------------------------ curves
 SCORES = (("miou", "mIoU"), ("iou", "IoU"), ("dice", "Dice"), ("pixel_acc", "pixel accuracy"), ("accuracy", "accuracy"),
           ("macro_f1", "macro F1"), ("ap", "AP"), ("ap50", "AP50"),
-          ("knn_accuracy", "k-NN accuracy"))  # the validation columns curves.png draws (the last: pretrain's monitor)
-# (iou and dice: a binary segmentation model's foreground)
+          ("knn_accuracy", "k-NN accuracy"), ("accepted", "pseudo-labels accepted"))  # the validation columns curves.png draws
+# (iou and dice: a binary segmentation model's foreground; knn_accuracy: pretrain's monitor; accepted:
+# self-training's share of pseudo-labels)
 
 
 def plot_curves(rows: Sequence[Mapping[str, Any]], path: PathLike, metric: Optional[str] = None) -> Path:

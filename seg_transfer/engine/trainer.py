@@ -6,6 +6,7 @@ in ``engine/tasks/``); rank-0-only I/O."""
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import math
 import os
@@ -14,7 +15,7 @@ import random
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Generator, Optional, Sequence, Union, cast
+from typing import Any, Callable, Generator, Iterable, Optional, Sequence, Union, cast
 
 import numpy as np
 import torch
@@ -28,7 +29,9 @@ from ..data.memory import DecodedDataset, auto_images, estimate_bytes, start_sha
 from ..data.registry import build_dataset
 from ..data.segmentation import binary_splits
 from ..data.split import limit_items
-from ..errors import SegTransferError
+from ..data.strong_augment import StrongAugment
+from ..data.unlabelled import unlabelled_images
+from ..errors import ConfigError, SegTransferError
 from ..io import resolve_device, save_text
 from ..models import weights as W
 from ..models.build import ModelInfo, is_binary, model_info
@@ -48,6 +51,8 @@ from .optim import add_param_group, autocast_settings, build_optimizer, build_sc
 from .plots import plot_curves
 from .precise_bn import recompute_bn_stats, trainable_bn
 from .report import write_report
+from .selftrain import FIELDS as SELFTRAIN_FIELDS
+from .selftrain import SelfTraining
 from .split_forward import forward_module
 from .tasks import Task, build_task
 from .tasks.base import BatchRecipe
@@ -119,6 +124,23 @@ def loader_workers(setting: Optional[int], device: torch.device) -> int:
     if setting is not None:
         return setting
     return min(8, max(1, (os.cpu_count() or 2) - 1)) if device.type == "cuda" else 0
+
+
+def recipe_batches(images: DecodedDataset, recipe: BatchRecipe, batch_size: int, seed: int, epoch: int,
+                   device: torch.device, channels_last: bool) -> Generator[tuple[Any, Any], None, None]:
+    """One epoch of ``recipe`` batches from decoded ``images`` on ``device``: this rank's shard, its order
+    and the recipe's random parameters a function of (seed, epoch, rank), drawn on the CPU (any device alike)."""
+    order = list(D.ShardSampler(len(images), shuffle=True, seed=seed, epoch=epoch, rank=D.rank(),
+                                world=D.world_size()))
+    generator = torch.Generator().manual_seed(D.item_seed(seed, epoch, D.rank(), copy=1))
+    pin = device.type == "cuda" and images.pixels.device.type == "cpu"
+    for b in range(batches_per_epoch(len(images), batch_size, D.world_size())):
+        canvas = images.canvas(order[b * batch_size:(b + 1) * batch_size])
+        canvas = (canvas.pin_memory() if pin else canvas).to(device, non_blocking=pin)
+        inputs, targets = recipe.augment(canvas, generator)
+        if channels_last and isinstance(inputs, torch.Tensor):
+            inputs = inputs.contiguous(memory_format=torch.channels_last)
+        yield inputs, targets
 
 
 class TrainingDiverged(SegTransferError):
@@ -222,7 +244,8 @@ class Trainer:
         if self.channels_last:  # before the optimizer exists: it keeps the parameters it is given
             self.model.to(memory_format=torch.channels_last)
         # every rank builds them (a missing extra fails alike everywhere); rank 0 alone writes
-        loggers = build_loggers(t.loggers, self.task.fields)
+        selftrain = SELFTRAIN_FIELDS if cfg.selftrain.unlabelled else ()
+        loggers = build_loggers(t.loggers, (*self.task.fields, *selftrain))
         self.loggers = loggers if D.is_main() else Loggers()
         return info
 
@@ -243,6 +266,7 @@ class Trainer:
         self._loader: Optional[torch.utils.data.DataLoader] = None  # the persistent one, built on first use
         if self.cached:
             self._build_caches()
+        self.selftrain = self._self_training(splits.train, train_t, info.preprocess)
 
     def build_optimizer(self) -> None:
         """The optimizer over the trainable parameters (the backbone's at ``backbone_lr_mult``), its LR
@@ -257,6 +281,43 @@ class Trainer:
                                          step_size=t.step_epochs * self.steps_per_epoch, gamma=t.gamma)
         self.amp_enabled, self.amp_dtype = autocast_settings(self.device, t.amp)
         self.scaler = grad_scaler(self.device, t.amp)
+
+    def _self_training(self, labelled: ImageDataset, transform: Any, preprocess: Any) -> Optional[SelfTraining]:
+        """``selftrain.unlabelled``: the unlabelled images as a stream of weak views made as the labelled
+        batches are (the loader's albumentations, or the device recipe from decoded images)."""
+        s, t = self.cfg.selftrain, self.cfg.train
+        if s.unlabelled is None:
+            return None
+        if self.task.pseudo_unit is None:
+            raise ConfigError(f"selftrain.unlabelled: self-training covers segmentation and classification, "
+                              f"not {self.task.name}; remove selftrain.unlabelled")
+        if D.is_dist():
+            raise ConfigError("selftrain.unlabelled: self-training runs on one process (not under torchrun yet); "
+                              "run it without torchrun")
+        pool = unlabelled_images(s.unlabelled, labelled)
+        images = None if self.recipe is None else DecodedDataset(
+            pool, self.recipe.shorter, self.cfg.cache.max_gb, progress=self.progress, what="unlabelled",
+            log=self.log, shared=False)
+        data = D.EpochSeeded((images or pool).with_transform(transform), t.seed + 1)
+        batch = t.batch_size * s.ratio
+
+        def stream(epoch: int) -> Generator[tuple[Any, Any], None, None]:
+            # endless: a pool smaller than the epoch's need is drawn again, each pass in a new order
+            for n in itertools.count():
+                at = epoch * 1000 + n
+                if images is None or self.recipe is None:
+                    yield from self._on_device(D.make_loader(data, batch, shuffle=True, seed=t.seed + 1, epoch=at,
+                                                             workers=self.workers, collate_fn=self.collate,
+                                                             drop_last=len(data) > batch))
+                else:
+                    yield from recipe_batches(images, self.recipe, batch, t.seed + 1, at, self.device,
+                                              self.channels_last)
+
+        self.log(f"self-training: {len(pool)} unlabelled images from {s.unlabelled}, {batch} per step; "
+                 f"{self.task.pseudo_unit} whose confidence reaches {s.threshold:g} are pseudo-labelled from epoch "
+                 f"{s.start_epoch + 1}, weight {s.weight:g}")
+        return SelfTraining(self.task, s, StrongAugment(preprocess.mean, preprocess.std), stream,
+                            self.ignore_index, t.seed)
 
     def _transfer_init(self) -> TransferReport | None:
         source = source_weights(self.cfg)
@@ -324,6 +385,12 @@ class Trainer:
                                        "without torchrun (it is fast), or set cache.enabled: false")
             self.log("feature cache: off under torchrun (each rank would cache the whole dataset)")
             return False
+        if self.cfg.selftrain.unlabelled:
+            if wanted:
+                raise SegTransferError("cache.enabled: the feature cache trains on stored features, and "
+                                       "self-training runs the backbone on new views of the unlabelled images; "
+                                       "set cache.enabled: false")
+            return False
         if self.cfg.freeze.schedule:
             if wanted:
                 raise SegTransferError("cache.enabled: the feature cache needs a backbone that stays frozen, "
@@ -369,8 +436,11 @@ class Trainer:
         return cast(nn.Module, torch.compile(module)) if self.cfg.train.compile else module
 
     def train_loss(self, inputs: Any, targets: Any) -> torch.Tensor:
-        """One batch's loss: the task runs the model on images, or its neck and head on cached features."""
-        return self.task.train_loss(self.net, inputs, targets, self.cached)
+        """One batch's loss: the task runs the model on images, or its neck and head on cached features; with
+        ``selftrain``, plus the weighted loss of a batch of pseudo-labelled unlabelled images."""
+        loss = self.task.train_loss(self.net, inputs, targets, self.cached)
+        unlabelled = self.selftrain.loss(self.model) if self.selftrain is not None else None
+        return loss if unlabelled is None else loss + unlabelled
 
     def _unfreeze_for(self, epoch: int) -> None:
         """Apply ``freeze.schedule`` entries due at ``epoch``: stages join the optimizer at the backbone LR."""
@@ -406,24 +476,15 @@ class Trainer:
         """The epoch's training batches, on the device and augmented: the seam between the data and the step
         (``train_epoch`` consumes it; benchmarks time it alone)."""
         if self.recipe is None:
-            for inputs, targets in self.train_loader(epoch):
-                yield (to_device(inputs, self.device, self.channels_last),
-                       self.task.to_device(targets, self.device))
+            yield from self._on_device(self.train_loader(epoch))
             return
         assert self.images is not None  # the device recipe reads decoded images (_image_cache)
-        t = self.cfg.train
-        order = list(D.ShardSampler(len(self.images), shuffle=True, seed=t.seed, epoch=epoch, rank=D.rank(),
-                                    world=D.world_size()))
-        # the recipe's random parameters: a function of (seed, epoch, rank), drawn on the CPU (any device alike)
-        generator = torch.Generator().manual_seed(D.item_seed(t.seed, epoch, D.rank(), copy=1))
-        pin = self.device.type == "cuda" and self.images.pixels.device.type == "cpu"
-        for b in range(self.batches_per_epoch()):
-            canvas = self.images.canvas(order[b * t.batch_size:(b + 1) * t.batch_size])
-            canvas = (canvas.pin_memory() if pin else canvas).to(self.device, non_blocking=pin)
-            inputs, targets = self.recipe.augment(canvas, generator)
-            if self.channels_last and isinstance(inputs, torch.Tensor):
-                inputs = inputs.contiguous(memory_format=torch.channels_last)
-            yield inputs, targets
+        yield from recipe_batches(self.images, self.recipe, self.cfg.train.batch_size, self.cfg.train.seed, epoch,
+                                  self.device, self.channels_last)
+
+    def _on_device(self, loader: Iterable[tuple[Any, Any]]) -> Generator[tuple[Any, Any], None, None]:
+        for inputs, targets in loader:
+            yield to_device(inputs, self.device, self.channels_last), self.task.to_device(targets, self.device)
 
     def train_epoch(self, epoch: int) -> float:
         """One epoch of optimizer steps; its mean loss. ``self.data_seconds``: the time it waited for batches."""
@@ -431,6 +492,8 @@ class Trainer:
         # dropout etc.: a function of (seed, epoch, rank), for exact resume
         torch.manual_seed(t.seed * 1000 + epoch + 7919 * D.rank())
         self.model.train()
+        if self.selftrain is not None:
+            self.selftrain.start(epoch)
         n = self.batches_per_epoch()
         total, count = 0.0, 0
         window, window_items = 0.0, 0  # the loss since the last optimizer step, for the loggers
@@ -551,9 +614,9 @@ class Trainer:
             if not self._evaluates(epoch):
                 took = time.perf_counter() - start
                 row = {"epoch": epoch + 1, "train_loss": train_loss, "lr": self._trained_lr(),
-                       "seconds": took, "train_seconds": took, "data_seconds": self.data_seconds}
+                       "seconds": took, "train_seconds": took, "data_seconds": self.data_seconds, **self._selftrain_row()}
                 self.history.append(row)
-                self.log(f"epoch {epoch + 1}/{t.epochs}  train_loss {train_loss:.4f}  lr {row['lr']:.2e}  "
+                self.log(f"epoch {epoch + 1}/{t.epochs}  train_loss {train_loss:.4f}{_accepted(row)}  lr {row['lr']:.2e}  "
                          f"{row['seconds']:.1f}s{_data_share(row)}  (no evaluation: train.val_interval {t.val_interval})")
                 if D.is_main():
                     self._save_info_and_last(epoch, {})
@@ -564,7 +627,7 @@ class Trainer:
             now = time.perf_counter()
             row = {"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val_loss, **self.task.row(metrics),
                    "lr": self._trained_lr(), "seconds": now - start, "train_seconds": trained - start,
-                   "data_seconds": self.data_seconds, "eval_seconds": now - trained}
+                   "data_seconds": self.data_seconds, "eval_seconds": now - trained, **self._selftrain_row()}
             self.history.append(row)
             score = float(metrics[key])
             improved = score > self.best
@@ -572,7 +635,7 @@ class Trainer:
                 self.best, self.best_epoch, stale = score, epoch + 1, 0
             else:
                 stale += 1
-            self.log(f"epoch {epoch + 1}/{t.epochs}  train_loss {train_loss:.4f}  val_loss {val_loss:.4f}  "
+            self.log(f"epoch {epoch + 1}/{t.epochs}  train_loss {train_loss:.4f}{_accepted(row)}  val_loss {val_loss:.4f}  "
                      f"{self.task.summary(metrics)}  lr {row['lr']:.2e}  {row['seconds']:.1f}s{_data_share(row)}"
                      + ("  *best*" if improved else ""))
             if D.is_main():
@@ -668,6 +731,10 @@ class Trainer:
         self.loggers.epoch(self.history, self.task.per_class(metrics), images)
         self._save_info_and_last(epoch, metrics, improved)
 
+    def _selftrain_row(self) -> dict[str, float]:
+        """The epoch's self-training columns (``accepted``); none without ``selftrain``."""
+        return self.selftrain.row() if self.selftrain is not None else {}
+
     def _evaluates(self, epoch: int) -> bool:
         """``train.val_interval``: every N-th epoch is evaluated, and always the last."""
         return (epoch + 1) % self.cfg.train.val_interval == 0 or epoch + 1 == self.cfg.train.epochs
@@ -703,6 +770,12 @@ class Trainer:
 def _data_share(row: dict[str, float]) -> str:
     """' (data 12%)': the share of the epoch's training time spent waiting for batches (a starved device)."""
     return f" (data {row['data_seconds'] / row['train_seconds']:.0%})" if row.get("train_seconds") else ""
+
+
+def _accepted(row: dict[str, float]) -> str:
+    """'  accepted 41%': the epoch's share of pseudo-labels accepted (self-training)."""
+    share = row.get("accepted")
+    return "" if share is None or math.isnan(share) else f"  accepted {share:.0%}"
 
 
 def _default_name(cfg: Config) -> str:

@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from ...config import PretrainRunConfig, dump_config, to_dict
 from ...data.device_augment import canvas_collate
-from ...data.unlabelled import UnlabelledImages, unlabelled_files
+from ...data.unlabelled import PretrainImages, unlabelled_files
 from ...errors import ConfigError
 from ...io import resolve_device, save_text
 from ...models import weights as W
@@ -79,7 +79,7 @@ class Pretrainer:
             raise ConfigError(f"data.root {cfg.data.root}: pretraining needs at least 2 images, found {len(files)}")
         self.workers = loader_workers(p.workers, self.device)
         load_size = p.load_size or round(1.5 * p.image_size)
-        self.images = UnlabelledImages(files, load_size, cache=self.workers == 0)
+        self.images = PretrainImages(files, load_size, cache=self.workers == 0)
 
         self.model = backbone_model(cfg)
         backbone = cast(Backbone, self.model.backbone)

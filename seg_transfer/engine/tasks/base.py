@@ -37,6 +37,8 @@ class Task:
     image_score: str = ""   # what the meter's per-image score is ("image mIoU"...): titles of the best/worst grid
     # what sets the train crop instead, for a task that does not read ``augment.crop_size`` (None: it reads it)
     crop_size_instead: Optional[str] = None
+    # self-training (``selftrain:``): what a pseudo-label is given to ("pixels", "images"); None: not supported
+    pseudo_unit: Optional[str] = None
 
     collate: Callable[[list[Any]], tuple[Any, Any]]
 
@@ -62,6 +64,11 @@ class Task:
 
     def train_loss(self, model: nn.Module, inputs: Any, targets: Any, cached: bool) -> torch.Tensor:
         """The scalar loss of one training batch (model in train mode)."""
+        raise NotImplementedError
+
+    def class_logits(self, model: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
+        """Per-class logits of a batch of images, N x C (an image's) or N x C x H x W (a pixel's), as
+        self-training's pseudo-labels and its loss read them (``pseudo_unit`` tasks only)."""
         raise NotImplementedError
 
     def eval_batch(self, model: nn.Module, inputs: Any, targets: Any, cached: bool,

@@ -40,6 +40,7 @@ class ClassificationTask(Task):
     main_metric = "accuracy"
     metric_label = "accuracy"
     image_score = "p(true class)"
+    pseudo_unit = "images"
     crop_size_instead = ("the crop is the weights' crop size; set model.resize: N to scale it, "
                          "or name a crop step in augment.train")
 
@@ -74,6 +75,9 @@ class ClassificationTask(Task):
 
     def train_loss(self, model: nn.Module, inputs: Any, targets: torch.Tensor, cached: bool) -> torch.Tensor:
         return self.loss(classify(model, inputs, cached), targets)
+
+    def class_logits(self, model: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
+        return classify(model, inputs, False)
 
     def eval_batch(self, model: nn.Module, inputs: Any, targets: torch.Tensor, cached: bool,
                    meter: Meter) -> Optional[torch.Tensor]:

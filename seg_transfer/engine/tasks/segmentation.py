@@ -33,6 +33,7 @@ class SegmentationTask(Task):
     metric_label = "mIoU"
     fields: tuple[str, ...] = ("miou", "pixel_acc", "mean_acc")
     image_score = "image mIoU"
+    pseudo_unit = "pixels"
 
     def __init__(self, cfg: Config, splits: Any) -> None:
         self.classes, self.ignore_index = list(splits.classes), splits.ignore_index
@@ -57,6 +58,9 @@ class SegmentationTask(Task):
 
     def train_loss(self, model: nn.Module, inputs: Any, targets: torch.Tensor, cached: bool) -> torch.Tensor:
         return self.criterion(segmentation_forward(model, inputs, targets.shape[-2:], cached), targets)
+
+    def class_logits(self, model: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
+        return model(inputs)["out"]
 
     def eval_batch(self, model: nn.Module, inputs: Any, targets: torch.Tensor, cached: bool,
                    meter: Meter) -> Optional[torch.Tensor]:
@@ -117,6 +121,12 @@ class BinarySegmentationTask(SegmentationTask):
         self.threshold = t.threshold
         self.criterion = SegmentationCriterion(build_binary_loss(t.loss, self.ignore_index), aux_weight=t.aux_weight)
         self.collate = SegCollate(self.ignore_index)
+
+    def class_logits(self, model: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
+        # the foreground logit z as two classes [0, z]: their softmax is [1 - sigmoid(z), sigmoid(z)], and
+        # cross-entropy over them is the BCE of z
+        z = model(inputs)["out"]
+        return torch.cat([torch.zeros_like(z), z], dim=1)
 
     def meter(self) -> BinarySegmentationMeter:
         return BinarySegmentationMeter(self.threshold, self.ignore_index)
