@@ -43,7 +43,7 @@ def test_pretrain_then_finetune_from_its_backbone(tmp_path, capsys):
     ("pretrain.epoch=3", "unknown key 'pretrain.epoch' (did you mean 'pretrain.epochs'?)"),
     ("pretrain.batch_size=1", "pretrain.batch_size: expected at least 2"),
     ("model.backbone=resnet19", "model.backbone: unknown backbone 'resnet19'"),
-    ("data.root=/nonexistent/folder", "data.root /nonexistent/folder: no such folder"),
+    ("data.root=/nonexistent/folder", "data.root: /nonexistent/folder: no such folder"),
     ("pretrain.monitor={format: voc_boxes, root: .}", "pretrain.monitor"),
 ])
 def test_config_errors_are_one_line(tmp_path, capsys, override, message):

@@ -10,6 +10,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 import yaml
+from synthetic.classification import make_classes
+from synthetic.segmentation import config, make_dataset
 from torch import nn
 
 from seg_transfer.cli import main
@@ -18,9 +20,6 @@ from seg_transfer.data.strong_augment import StrongAugment
 from seg_transfer.engine.selftrain import SelfTraining, pseudo_label_loss
 from seg_transfer.engine.tasks.classification import ClassificationTask
 from seg_transfer.engine.tasks.segmentation import SegmentationTask
-
-from .synthetic import config, make_dataset
-from .synthetic_classes import make_classes
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from engine.synthetic import config, make_dataset
 from PIL import Image
+from synthetic.segmentation import config, make_dataset
 
 from seg_transfer import create_model
 from seg_transfer.cli import main

@@ -3,12 +3,11 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from synthetic.classification import make_classes
+from synthetic.segmentation import CLASSES, make_dataset
 
 from seg_transfer.engine.pretrain.monitor import KnnMonitor, cell_labels, knn_accuracy
 from seg_transfer.models.backbones import build_backbone
-
-from ..synthetic import CLASSES, make_dataset
-from ..synthetic_classes import make_classes
 
 
 def test_knn_accuracy_on_separated_and_mixed_clusters():

@@ -7,14 +7,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from synthetic.classification import make_classes
 
 from seg_transfer.config import PretrainRunConfig, from_dict
 from seg_transfer.engine.pretrain.run import KNN, Pretrainer
 from seg_transfer.models.checkpoint import PRETRAIN_KEY, read_checkpoint
 from seg_transfer.transfer.backbone import stage_layers
 from seg_transfer.transfer.sources import create_model
-
-from ..synthetic_classes import make_classes
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
