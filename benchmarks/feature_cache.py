@@ -39,14 +39,13 @@ import os
 import platform
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from common import CAMVID_CLASSES  # noqa: E402
+from common import CAMVID_CLASSES, out_and_torch_home  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -222,10 +221,7 @@ def breakdown(results: dict[str, dict[str, Any]]) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     wall = time.perf_counter()
-    out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="feature_cache_bench_"))
-    out.mkdir(parents=True, exist_ok=True)
-    torch_home = args.torch_home or tempfile.mkdtemp(prefix="standin_torch_home_")
-    os.environ["TORCH_HOME"] = torch_home  # before torch.hub reads it
+    out = out_and_torch_home(args.out, args.torch_home, "feature_cache_bench")
 
     import torch
     import torchvision

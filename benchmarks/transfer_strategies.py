@@ -43,14 +43,13 @@ import json
 import os
 import platform
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from common import CAMVID_CLASSES  # noqa: E402
+from common import CAMVID_CLASSES, out_and_torch_home  # noqa: E402
 
 MODEL = "lraspp_mobilenet_v3_large"
 UPSTREAM_SEQUENCES = ("0001TP", "0006R0")
@@ -341,10 +340,7 @@ def upstream_line(up: dict[str, Any] | None, args: argparse.Namespace, n_train: 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     wall = time.perf_counter()
-    out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="transfer_strategies_bench_"))
-    out.mkdir(parents=True, exist_ok=True)
-    torch_home = args.torch_home or tempfile.mkdtemp(prefix="standin_torch_home_")
-    os.environ["TORCH_HOME"] = torch_home  # before torch.hub reads it
+    out = out_and_torch_home(args.out, args.torch_home, "transfer_strategies_bench")
 
     import torch
     import torchvision

@@ -675,18 +675,18 @@ def _add_serve(sub: Any) -> None:
     srv.add_argument("--port", type=int, default=8000, help="port (default 8000; 0: a free one, printed)")
     srv.add_argument("--token", help="ask /predict, /model and /metrics for this bearer token "
                      "(default: the SEG_TRANSFER_TOKEN variable, else none)")
-    srv.add_argument("--max-batch", type=int, default=d.max_batch, metavar="N", help="gather up to N concurrent "
-                     f"requests into one model call (default {d.max_batch}; 1: batching off)")
-    srv.add_argument("--batch-wait-ms", type=float, default=d.batch_wait_ms, metavar="MS", help="how long the first "
-                     f"request waits for others to join its batch (default {d.batch_wait_ms:g})")
-    srv.add_argument("--max-queue", type=int, default=d.max_queue, metavar="N", help="requests admitted at once; "
-                     f"more are answered 503 (default {d.max_queue})")
-    srv.add_argument("--timeout", type=float, default=d.timeout_s, metavar="S", help="per-request limit in seconds; "
-                     f"past it 504 (default {d.timeout_s:g})")
-    srv.add_argument("--max-bytes", type=int, default=d.max_bytes, metavar="B", help="largest request body "
-                     f"(default {d.max_bytes / 2**20:g} MiB)")
-    srv.add_argument("--max-pixels", type=int, default=d.max_pixels, metavar="P", help="largest image (width x "
-                     f"height, read from its header before decoding; default {d.max_pixels:,})")
+    for flag, kind, default, metavar, text in (
+            ("--max-batch", int, d.max_batch, "N", f"gather up to N concurrent requests into one model call "
+             f"(default {d.max_batch}; 1: batching off)"),
+            ("--batch-wait-ms", float, d.batch_wait_ms, "MS", f"how long the first request waits for others to "
+             f"join its batch (default {d.batch_wait_ms:g})"),
+            ("--max-queue", int, d.max_queue, "N", f"requests admitted at once; more are answered 503 (default "
+             f"{d.max_queue})"),
+            ("--timeout", float, d.timeout_s, "S", f"per-request limit in seconds; past it 504 (default {d.timeout_s:g})"),
+            ("--max-bytes", int, d.max_bytes, "B", f"largest request body (default {d.max_bytes / 2**20:g} MiB)"),
+            ("--max-pixels", int, d.max_pixels, "P", f"largest image (width x height, read from its header before "
+             f"decoding; default {d.max_pixels:,})")):
+        srv.add_argument(flag, type=kind, default=default, metavar=metavar, help=text)
     srv.add_argument("-q", "--quiet", action="store_true", help="no start-up line")
     srv.set_defaults(func=cmd_serve)
 

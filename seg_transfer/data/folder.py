@@ -6,10 +6,10 @@ from typing import Mapping, Optional, Sequence
 
 from ..errors import ConfigError
 from .colors import ColorsOption, parse_colors
-from .common import DataSplits, PathLike, dataset_images, find_folder, pair_masks
+from .common import DataSplits, PathLike
 from .problems import Problem, report
 from .segmentation import check_classes, check_label_map, make_splits
-from .split import split_names
+from .split import split_mask_folders
 
 
 def build_folder(root: PathLike, *, classes: Optional[Sequence[str]] = None, images: str = "images",
@@ -44,12 +44,9 @@ def build_folder(root: PathLike, *, classes: Optional[Sequence[str]] = None, ima
         raise ConfigError(f"data.classes has {len(classes)} names but {palette.source} has {len(palette.names)} "
                           f"({', '.join(palette.names)}); leave classes out to use the labelmap's")
     label_map = check_label_map(label_map)
-    image_dir, mask_dir = find_folder(root, images, "images"), find_folder(root, masks, "masks")
-    image_files = dataset_images(image_dir)
-    train, val = split_names([p.name for p in image_files], split=split, val_ratio=val_ratio, seed=seed,
-                             val_groups=val_groups, group_regex=group_regex, train_list=train_list,
-                             val_list=val_list, root=root)
-    masks_of, problems = pair_masks(image_files, mask_dir, mask_suffix, {*train, *val})
+    image_files, train, val, masks_of, problems = split_mask_folders(
+        root, images, masks, mask_suffix, split=split, val_ratio=val_ratio, seed=seed, val_groups=val_groups,
+        group_regex=group_regex, train_list=train_list, val_list=val_list)
     used = [m for m in (masks_of[i] for i in sorted({*train, *val})) if m is not None]
     problems += [Problem("lossy_mask", str(m), (
         f"mask {m} is a JPEG: lossy compression changes class indices along edges; "

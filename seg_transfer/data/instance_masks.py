@@ -9,10 +9,10 @@ from typing import Optional, Sequence
 import numpy as np
 
 from ..errors import ConfigError
-from .common import DataSplits, PathLike, dataset_images, find_folder, pair_masks, read_mask
+from .common import DataSplits, PathLike, read_mask
 from .detection import RawBoxes, check_classes, make_box_splits
 from .problems import Problem, fail, report
-from .split import split_names
+from .split import split_mask_folders
 
 
 def instances(ids: np.ndarray, where: str) -> RawBoxes:
@@ -60,11 +60,9 @@ def build_instance_masks(root: PathLike, *, classes: Sequence[str], images: str 
         raise ConfigError(f"classes: the instance_masks format has one object class (mask values are instance "
                           f"ids, not classes), got {classes[1:]}")
     root = Path(root)
-    image_dir, mask_dir = find_folder(root, images, "images"), find_folder(root, masks, "masks")
-    files = dataset_images(image_dir)
-    train, val = split_names([p.name for p in files], split=split, val_ratio=val_ratio, seed=seed,
-                             train_list=train_list, val_list=val_list, root=root)
-    refs, missing = pair_masks(files, mask_dir, mask_suffix, {*train, *val})
+    files, train, val, refs, missing = split_mask_folders(root, images, masks, mask_suffix, split=split,
+                                                          val_ratio=val_ratio, seed=seed, train_list=train_list,
+                                                          val_list=val_list)
     report(missing)
     return make_box_splits(files, refs, train, val, classes=classes, reader=InstanceMaskReader(),
                            bad_boxes="error", where=str(root), has_masks=True)

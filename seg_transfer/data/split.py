@@ -6,10 +6,10 @@ import os
 import random
 import re
 from pathlib import Path
-from typing import Mapping, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 from ..errors import ConfigError, unknown
-from .common import PathLike, stem
+from .common import PathLike, dataset_images, find_folder, pair_masks, stem
 from .problems import Problem, fail, report, warn
 
 SPLITS = ("ratio", "list", "group", "all")
@@ -243,3 +243,15 @@ def kfold(n: int, k: int, *, groups: Optional[Sequence[str]] = None, labels: Opt
     for j, i in enumerate(order):
         folds[j % k].append(i)
     return [sorted(f) for f in folds]
+
+
+def split_mask_folders(root: Path, images: PathLike, masks: PathLike, mask_suffix: str, **split: Any
+                       ) -> tuple[list[Path], list[int], list[int], list[Optional[Path]], list[Problem]]:
+    """An images folder and a masks folder under ``root``, paired by name (masks ``<stem><mask_suffix>``)
+    and split (``split_names``' keywords): (image files, train indices, val indices, each image's mask or
+    None, the pairing's problems). The folder layouts of semantic and instance masks share it."""
+    image_dir, mask_dir = find_folder(root, images, "images"), find_folder(root, masks, "masks")
+    files = dataset_images(image_dir)
+    train, val = split_names([p.name for p in files], root=root, **split)
+    masks_of, problems = pair_masks(files, mask_dir, mask_suffix, {*train, *val})
+    return files, train, val, masks_of, problems

@@ -231,7 +231,9 @@ class Counted:
 
 
 def bind(host: str, port: int) -> socket.socket:
-    """A listening socket on ``host:port`` (port 0: a free one), bound here so the real port can be printed."""
+    """A listening socket on ``host:port`` (port 0: a free one), bound here so the real port can be printed,
+    and listening at once: a client that connects as soon as the address is printed waits in the backlog
+    instead of being refused while uvicorn starts."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -240,6 +242,7 @@ def bind(host: str, port: int) -> socket.socket:
     except OSError as err:
         sock.close()
         raise SegTransferError(f"--host {host} --port {port}: cannot listen there ({err.strerror})") from None
+    sock.listen(2048)  # uvicorn's own backlog
     return sock
 
 

@@ -83,16 +83,21 @@ class SegmentationTask(Task):
                  f"mean_acc {metrics['mean_accuracy']:.4f}"]
         return lines + [f"  {name:<20} IoU {float(iou):.4f}" for name, iou in zip(self.classes, metrics["iou"])]
 
+    CLASS_IOU = "iou"  # the meter's per-class IoU key
+
     def per_class(self, metrics: dict[str, Any]) -> dict[str, dict[str, float]]:
         return {name: {"iou": float(iou), "accuracy": float(acc)}
-                for name, iou, acc in zip(self.classes, metrics["iou"], metrics["class_accuracy"])}
+                for name, iou, acc in zip(self.classes, metrics[self.CLASS_IOU], metrics["class_accuracy"])}
+
+    def predicted_mask(self, out: dict[str, torch.Tensor]) -> Any:
+        """One image's class-index mask (numpy) from the model's output."""
+        return out["out"].argmax(1)[0].cpu().numpy()
 
     def plot_predictions(self, model: nn.Module, dataset: Any, n: int, device: torch.device, path: Path,
                          indices: Optional[Sequence[int]] = None, titles: Optional[Sequence[str]] = None) -> None:
         # Spread over the split: neighbouring video frames (CamVid) would show one scene n times.
         items = list(indices) if indices is not None else spread(n, len(dataset))
-        images, targets, preds = sample_predictions(model, dataset, items, device,
-                                                    lambda out: out["out"].argmax(1)[0].cpu().numpy())
+        images, targets, preds = sample_predictions(model, dataset, items, device, self.predicted_mask)
         plot_predictions(images, [t.numpy() for t in targets], preds, self.classes, path,
                          ignore_index=self.ignore_index, max_samples=len(items), titles=titles)
 
@@ -143,17 +148,10 @@ class BinarySegmentationTask(SegmentationTask):
                 f"recall {metrics['recall']:.4f}  pixel_acc {metrics['pixel_accuracy']:.4f}  "
                 f"(threshold {metrics['threshold']:g}, {self.classes[1]} vs {self.classes[0]})"]
 
-    def per_class(self, metrics: dict[str, Any]) -> dict[str, dict[str, float]]:
-        return {name: {"iou": float(iou), "accuracy": float(acc)}
-                for name, iou, acc in zip(self.classes, metrics["class_iou"], metrics["class_accuracy"])}
+    CLASS_IOU = "class_iou"  # "iou" is the foreground's
 
-    def plot_predictions(self, model: nn.Module, dataset: Any, n: int, device: torch.device, path: Path,
-                         indices: Optional[Sequence[int]] = None, titles: Optional[Sequence[str]] = None) -> None:
-        items = list(indices) if indices is not None else spread(n, len(dataset))
-        images, targets, preds = sample_predictions(
-            model, dataset, items, device, lambda out: binary_prediction(out["out"], self.threshold)[0].cpu().numpy())
-        plot_predictions(images, [t.numpy() for t in targets], preds, self.classes, path,
-                         ignore_index=self.ignore_index, max_samples=len(items), titles=titles)
+    def predicted_mask(self, out: dict[str, torch.Tensor]) -> Any:
+        return binary_prediction(out["out"], self.threshold)[0].cpu().numpy()
 
 
 def segmentation_task(cfg: Config, splits: Any) -> SegmentationTask:
