@@ -20,7 +20,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "seg_transfer"
 # not the list files train.txt / val.txt (data/convert.py names a dataset's list files the same).
 NAMES = [R.RUN_JSON, R.CONFIG, R.BEST, R.LAST, R.METRICS_CSV, R.CURVES, R.PREDICTIONS, R.BEST_WORST, R.CONFUSION,
          R.PR_CURVES, R.VAL_METRICS_LAST, R.VAL_METRICS_BEST, R.TRANSFER_REPORT, R.REPORT, R.EVAL_METRICS, R.ERROR,
-         R.FOLDS, R.CV_SUMMARY_JSON, R.CV_SUMMARY_CSV, R.CV_PLOT, R.COMPARE]
+         R.FOLDS, R.CV_SUMMARY_JSON, R.CV_SUMMARY_CSV, R.CV_PLOT, R.COMPARE, R.SUGGESTIONS_CSV, R.SUGGESTIONS_TXT,
+         R.SUGGESTIONS_PNG]
 SPELLED = re.compile("|".join(rf"(?<![\w.]){re.escape(n)}(?!\w)" for n in NAMES))
 
 
