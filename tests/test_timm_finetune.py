@@ -9,8 +9,9 @@ import json
 import numpy as np
 import pytest
 import yaml
-from engine import synthetic, synthetic_boxes
 from PIL import Image
+from synthetic import detection as synthetic_boxes
+from synthetic import segmentation as synthetic
 
 from seg_transfer.cli import main
 from seg_transfer.models.checkpoint import read_checkpoint
