@@ -42,14 +42,17 @@ SMALLEST = {"ResNet": "resnet18", "ResNeXt": "resnext50_32x4d", "Wide ResNet": "
 FAST = set(SMALLEST.values()) - HEAVY - {"resnext50_32x4d"}  # ResNeXt's path is ResNet's
 
 
+ZOO = [pytest.mark.slow, pytest.mark.zoo]  # the registry's large members: pyproject's addopts skip them
+
+
 def _slow_unless(names: set[str]) -> list:
-    return [n if n in names else pytest.param(n, marks=pytest.mark.slow) for n in sorted(BACKBONES)]
+    return [n if n in names else pytest.param(n, marks=ZOO) for n in sorted(BACKBONES)]
 
 
 NAMES = _slow_unless(set(BACKBONES) - HEAVY)
 TASK_NAMES = _slow_unless(FAST)
 # ONNX: one per family (a family shares its operators); exceptions in README.md.
-ONNX = [n if n in {"mobilenet_v3_small", "regnet_x_400mf"} else pytest.param(n, marks=pytest.mark.slow)
+ONNX = [n if n in {"mobilenet_v3_small", "regnet_x_400mf"} else pytest.param(n, marks=ZOO)
         for n in sorted(SMALLEST.values())]
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -228,7 +231,7 @@ def test_onnx_export_matches_eager(name, tmp_path):
 
 
 @pytest.mark.parametrize("name", [n if n in {"efficientnet_b0", "mobilenet_v3_small", "regnet_x_400mf"}
-                                  else pytest.param(n, marks=pytest.mark.slow) for n in sorted(SMALLEST.values())])
+                                  else pytest.param(n, marks=ZOO) for n in sorted(SMALLEST.values())])
 def test_default_weights_load_through_torchvision(name, standin):
     """DEFAULT weights load through torchvision's own path (enum -> cache -> strict load) from a stand-in
     under the official file name, into every stage."""
