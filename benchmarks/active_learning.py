@@ -10,9 +10,9 @@ fine-tunes on the labelled frames, scores the held-out sequence, then adds ``--p
 ``suggest`` side picks them with ``predict.suggest`` from its own round's best.pt over the unlabelled rest
 of the pool (masks unseen), the ``random`` side draws them at random (seeded). A last fine-tune scores the
 final labelled set. The table: mIoU per round, mean +- std over fold x seed, and the paired difference
-suggest - random.
+suggest - random. Round 0 (the start frames) is one run that both sides share.
 
-    python benchmarks/active_learning.py --out /tmp/al_camvid                  # the full run (not run yet)
+    python benchmarks/active_learning.py --out /tmp/al_camvid                  # the full run
     python benchmarks/active_learning.py --small --out /tmp/al_smoke           # a minute-long smoke run
     python benchmarks/active_learning.py --out /tmp/al_camvid --table          # the table again
 
@@ -90,7 +90,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 rng = random.Random(7 + 1000 * fold + seed)
                 labelled = list(start)
                 for r in range(args.rounds + 1):
-                    run_dir = args.out / side / f"fold{fold + 1}_seed{seed}" / f"round{r}"
+                    # round 0 is the same run for both sides (same frames, seed and recipe): trained once
+                    run_dir = args.out / (side if r else "start") / f"fold{fold + 1}_seed{seed}" / f"round{r}"
                     miou = train_round(cfg, plan, labelled, val, seed, run_dir)
                     rows[side].setdefault(f"round{r} ({len(labelled)} frames)", []).append(miou)
                     print(f"{side:<8} fold {fold + 1} seed {seed} round {r}: {len(labelled)} labelled, "

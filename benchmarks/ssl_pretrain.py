@@ -9,14 +9,21 @@ labelled train items per fold for both recipes (``engine.cv.plan_folds(limit_tra
 - ``random``: the model fine-tuned from random initialisation;
 - ``ssl``: first ``seg-transfer pretrain`` on the fold's unlabelled pool (every image of the fold's train
   side, the labelled ones included; never a val image), then the same fine-tune with
-  ``model.backbone_weights`` = that pretraining's checkpoint.
+  ``model.backbone_weights`` = that pretraining's checkpoint;
+- ``ssl_selftrain``: the same pretrained start, fine-tuned with ``selftrain:`` on the same pool (FixMatch
+  pseudo-labels, threshold 0.9, from a quarter of the epochs on). The pool is the fold's own (a folder of
+  links to its files): the held-out images are never seen, with or without labels (inductive).
 
-Both recipes share the folds, seeds, epochs and recipe; the table gives mean +- std over folds and the
-paired difference ssl - random (``engine.compare``). Only CamVid's train frames exist here (its test split is
-withheld), so no test frame is used anywhere.
+The three recipes share the folds, seeds, epochs and recipe; one pretraining per fold x seed serves every
+labelled-set size and both pretrained sides. The table gives mean +- std over folds and the paired
+differences ssl - random and ssl_selftrain - ssl (``engine.compare``). Only CamVid's train frames exist here
+(its test split is withheld), so no test frame is used anywhere.
 
     .venv/bin/python benchmarks/ssl_pretrain.py --out /tmp/ssl_bench                  # the full run
     .venv/bin/python benchmarks/ssl_pretrain.py --out /tmp/ssl_smoke --smoke          # minutes: a tiny run
+
+``--labelled``, ``--epochs`` and ``--pretrain-epochs`` shrink a preset to the time there is (the command in
+RESULTS.md says which was used).
 
 A run folder whose val_metrics_last.json exists is kept: an interrupted benchmark resumes.
 """
@@ -27,7 +34,7 @@ import dataclasses
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -79,7 +86,8 @@ SMOKE_PRETRAIN = {"epochs": 1, "batch_size": 4, "hidden_dim": 64, "projection_di
 
 
 def pool_list(cfg: Config, images: str, run_dir: Path) -> Path:
-    """The fold's unlabelled pool as a ``data.list`` file: every image under ``images`` that is not a val item."""
+    """The fold's unlabelled pool as a ``data.list`` file (``run_dir/unlabelled.txt``): every image under
+    ``images`` that is not a val item."""
     val = {stem(line) for line in Path(cfg.data["val_list"]).read_text().split()}
     root = Path(cfg.data["root"]) / images
     files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and stem(p.name) not in val)
@@ -88,24 +96,45 @@ def pool_list(cfg: Config, images: str, run_dir: Path) -> Path:
     return path
 
 
-def ssl_runner(preset: Preset, smoke: bool) -> Runner:
-    """Pretrain on the fold's pool (``RUN/pretrain``), then the engine's fine-tune from that backbone."""
+def pool_folder(files: list[Path], folder: Path) -> Path:
+    """``files`` as a folder of links (``selftrain.unlabelled`` takes a folder): the fold's pool and no more."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, f in enumerate(files):
+        link = folder / f"{i:05d}_{f.name}"
+        if not link.is_symlink():
+            link.symlink_to(f)
+    return folder
+
+
+def ssl_runner(preset: Preset, smoke: bool, pretrain_root: Path, pretrain_epochs: Optional[int],
+               selftrain: bool = False) -> Runner:
+    """Pretrain on the fold's pool (``pretrain_root/<fold-seed>``, once, shared by every side and labelled-set
+    size), then the engine's fine-tune from that backbone; ``selftrain``: with pseudo-labels on that pool."""
     from seg_transfer.engine.pretrain.run import Pretrainer
 
     finetune = engine_runner(progress=False)
 
     def run(cfg: Config, run_dir: Path) -> Outcome:
-        pre_dir = run_dir / "pretrain"
+        pre_dir = pretrain_root / run_dir.name
+        pool = pool_list(cfg, preset.images, pre_dir)
         if not RunFolder(pre_dir).last.is_file():
-            block = {**preset.pretrain, "image_size": 64 if smoke else preset.image_size, "seed": cfg.train.seed,
-                     **(SMOKE_PRETRAIN if smoke else {})}
+            epochs = {"epochs": pretrain_epochs} if pretrain_epochs else {}
+            block = {**preset.pretrain, **epochs, "image_size": 64 if smoke else preset.image_size,
+                     "seed": cfg.train.seed, **(SMOKE_PRETRAIN if smoke else {})}
             pre = from_dict(PretrainRunConfig, {
                 "model": {"backbone": cfg.model.backbone},
-                "data": {"root": cfg.data["root"], "list": str(pool_list(cfg, preset.images, run_dir))},
+                "data": {"root": cfg.data["root"], "list": str(pool)},
                 "pretrain": block})
             Pretrainer(pre, run_dir=pre_dir, progress=False).fit()
         model = dataclasses.replace(cfg.model, backbone_weights=str(RunFolder(pre_dir).last))
-        return finetune(dataclasses.replace(cfg, model=model), run_dir)
+        cfg = dataclasses.replace(cfg, model=model)
+        if selftrain:
+            root = Path(cfg.data["root"])
+            files = [root / line for line in pool.read_text().split()]
+            unlabelled = pool_folder(files, pre_dir / "unlabelled")
+            cfg = dataclasses.replace(cfg, selftrain=dataclasses.replace(
+                cfg.selftrain, unlabelled=str(unlabelled), threshold=0.9, start_epoch=cfg.train.epochs // 4))
+        return finetune(cfg, run_dir)
 
     return run
 
@@ -120,40 +149,54 @@ def kept(runner: Runner) -> Runner:
     return run
 
 
+SIDES = ("random", "ssl", "ssl_selftrain")
+PAIRS = (("random", "ssl"), ("ssl", "ssl_selftrain"))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("presets", nargs="*", default=list(PRESETS), choices=list(PRESETS))
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--seeds", type=int, default=1)
+    ap.add_argument("--labelled", type=int, nargs="+", help="labelled train items per fold (default: the preset's)")
+    ap.add_argument("--epochs", type=int, help="fine-tune epochs, every side (default: the preset's)")
+    ap.add_argument("--pretrain-epochs", type=int, help="pretraining epochs (default: the preset's)")
+    ap.add_argument("--sides", nargs="+", default=list(SIDES), choices=SIDES)
     ap.add_argument("--smoke", action="store_true", help="a tiny run (1 epoch each side, 2 folds, 4 labelled items)")
     args = ap.parse_args()
     lines = []
     for name in args.presets:
         preset = PRESETS[name]
-        overrides = [*preset.overrides, *(SMOKE_FINETUNE if args.smoke else [])]
+        epochs = [f"train.epochs={args.epochs}"] if args.epochs else []
+        overrides = [*preset.overrides, *epochs, *(SMOKE_FINETUNE if args.smoke else [])]
         cfg = load_config(str(REPO / preset.config), overrides)
         cfg = dataclasses.replace(cfg, data={**cfg.data, "root": str((REPO / cfg.data["root"]).resolve())})
         pool = pool_of(cfg)
-        for n in ([4] if args.smoke else preset.labelled):
+        pretrain_root = args.out / name / "pretrain"
+        runners = {"random": engine_runner(progress=False),
+                   "ssl": ssl_runner(preset, args.smoke, pretrain_root, args.pretrain_epochs),
+                   "ssl_selftrain": ssl_runner(preset, args.smoke, pretrain_root, args.pretrain_epochs, selftrain=True)}
+        for n in ([4] if args.smoke else args.labelled or preset.labelled):
             plan = plan_folds(pool, 2 if args.smoke else preset.folds, limit_train=n, seed=0)
             out = args.out / name / f"n{n}"
-            sides = {side: CrossValidation(cfg, plan, out / side, kept(runner), seeds=args.seeds, name=side)
-                     for side, runner in (("random", engine_runner(progress=False)),
-                                          ("ssl", ssl_runner(preset, args.smoke)))}
-            for fold in range(plan.k):  # interleaved: both sides see the same machine load
+            sides = {side: CrossValidation(cfg, plan, out / side, kept(runners[side]), seeds=args.seeds, name=side)
+                     for side in args.sides}
+            for fold in range(plan.k):  # interleaved: every side sees the same machine load
                 for s in range(args.seeds):
                     for cv in sides.values():
                         cv.run_one(fold, s)  # kept in cv.runs
                         cv.write(plot=False)
             summaries = {side: cv.summary() for side, cv in sides.items()}
-            cmp = compare_summaries(summaries["random"], summaries["ssl"], ("random", "ssl"))
             lines.append(f"== {name}, {n} labelled train items per fold, {plan.k} folds x {args.seeds} seed(s)")
             for side, summary in summaries.items():
                 lines.append(f"-- {side}\n{format_summary(summary)}")
-            lo, hi = cmp["ci"]
-            lines.append(f"ssl - random {cmp['metric_label']}: {cmp['mean_diff']:+.4f} (95% CI {lo:+.4f} .. {hi:+.4f}, "
-                         f"n={cmp['n']}); {cmp['verdict']}")
-            print("\n".join(lines[-4:]), flush=True)
+            for a, b in PAIRS:
+                if a in summaries and b in summaries:
+                    cmp = compare_summaries(summaries[a], summaries[b], (a, b))
+                    lo, hi = cmp["ci"]
+                    lines.append(f"{b} - {a} {cmp['metric_label']}: {cmp['mean_diff']:+.4f} (95% CI {lo:+.4f} .. "
+                                 f"{hi:+.4f}, n={cmp['n']}); {cmp['verdict']}")
+            print("\n".join(lines[-1 - len(summaries) - len(PAIRS):]), flush=True)
     print("\n\n".join(lines))
 
 

@@ -28,25 +28,33 @@ def test_legacy_checkpoint_predicts_as_before(name: str, one_thread) -> None:
     assert fields
     got = {f: getattr(result, f) for f in fields}
     if expected["task"] == "detection":
-        # The stand-in's scores tie in the fourth digit, and which of two tied, overlapping candidates NMS
-        # keeps is the sort kernel's choice, which differs between CPUs (here 1 box of 100 moved by 2 px).
-        # So: scores and labels exactly, as a set ordered by (score, label, box); boxes row for row but
-        # for at most 2% of them.
-        got, expected = _ordered(got), _ordered(expected)
-        moved = ~torch.isclose(got["boxes"], expected["boxes"], rtol=1e-4, atol=1e-5).all(dim=1)
-        assert moved.float().mean() <= 0.02, f"{name}: {int(moved.sum())} of {len(moved)} boxes differ"
-        fields = [f for f in fields if f != "boxes"]
+        # The stand-in's scores tie in the fourth digit, so which of two near-tied, overlapping candidates NMS
+        # keeps, and which make the top 100, is the CPU's kernels' choice (an AVX2 and an AMX machine here
+        # differ by 1e-4 in scores and in 1 of the 100 candidates at the cut). So: the detections as a set,
+        # each expected one matched by a got one of its label, score within 5e-4 and box within 0.05 px, all
+        # but 2% of them.
+        unmatched = _unmatched(got, expected)
+        assert unmatched <= 0.02 * len(expected["scores"]), f"{name}: {unmatched} detections not found again"
+        assert len(got["scores"]) == len(expected["scores"])
+        fields = [f for f in fields if f not in ("boxes", "labels", "scores")]
     for field in fields:
         torch.testing.assert_close(got[field], expected[field], rtol=1e-4, atol=1e-5,
                                    msg=lambda m, f=field: f"{name}.{f}: {m}")
 
 
-def _ordered(dets: dict) -> dict:
-    """Detections sorted by (score, label, x1, y1, x2, y2), scores rounded to 1e-5 so near-ties sort alike."""
-    keys = torch.cat([(dets["scores"] * 1e5).round()[:, None], dets["labels"][:, None].float(),
-                      dets["boxes"].round()], dim=1).tolist()
-    order = sorted(range(len(keys)), key=lambda i: keys[i])
-    return {**dets, **{f: dets[f][order] for f in ("boxes", "labels", "scores")}}
+def _unmatched(got: dict, expected: dict) -> int:
+    """How many of ``expected``'s detections have no unused counterpart in ``got`` (same label, score within
+    5e-4, every box coordinate within 0.05 px), matched greedily."""
+    free = torch.ones(len(got["scores"]), dtype=torch.bool)
+    missing = 0
+    for box, label, score in zip(expected["boxes"], expected["labels"], expected["scores"]):
+        near = (free & (got["labels"] == label) & ((got["scores"] - score).abs() <= 5e-4)
+                & ((got["boxes"] - box).abs() <= 0.05).all(dim=1)).nonzero()
+        if len(near):
+            free[near[0, 0]] = False
+        else:
+            missing += 1
+    return missing
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))

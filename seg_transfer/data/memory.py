@@ -2,6 +2,11 @@
 starts from, and kept as uint8 in one shared-memory block, so that no epoch decodes a file again and
 DataLoader workers (forked or spawned) read the same memory instead of copies.
 
+Under ``torchrun`` the processes of one machine share one copy: each decodes every N-th item into a block
+that all of them map (``NodeBlocks``), so a node holds the split once, not once per process, and decodes it
+N times faster. Sharding the items themselves between ranks would not do: the distributed sampler deals
+each rank different items every epoch.
+
 The cache is itself an ``ImageDataset`` (``read(i)`` gives what the dataset's ``read`` gave, resized to
 the pipeline's starting size), so every transform, the epoch seeding and the data check work on it as on
 the files. Its size is estimated from the files' headers and printed before anything is decoded, and a
@@ -11,6 +16,8 @@ from __future__ import annotations
 
 import copy
 import os
+import secrets
+import tempfile
 from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
@@ -36,6 +43,54 @@ def free_bytes(path: Optional[str] = None) -> Optional[int]:
     except OSError:
         pass
     return None
+
+
+def node_ranks() -> Optional[tuple[int, int]]:
+    """(local rank, processes on this machine) under torchrun (a process group of more than one process is
+    up); None for a single process. ``LOCAL_RANK``/``LOCAL_WORLD_SIZE`` are torchrun's; without them (a
+    process group started by hand) every process is taken to be on one machine."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
+        return None
+    return (int(os.environ.get("LOCAL_RANK", dist.get_rank())),
+            int(os.environ.get("LOCAL_WORLD_SIZE", dist.get_world_size())))
+
+
+class NodeBlocks:
+    """Memory blocks that every process of a torchrun node maps from one file in /dev/shm: local rank 0
+    creates each file, all map it (MAP_SHARED, so writes are seen by all and by their loader workers), and
+    ``close`` removes the files once every process holds its mapping (the memory lives until the last
+    mapping goes). Every process of the job calls each method in the same order (they hold barriers)."""
+
+    def __init__(self, what: str, local_rank: int) -> None:
+        import torch.distributed as dist
+
+        token = [secrets.token_hex(8) if dist.get_rank() == 0 else None]
+        dist.broadcast_object_list(token, src=0)  # one name for the job: every node's files carry it
+        folder = SHM if os.path.isdir(SHM) else tempfile.gettempdir()
+        self.prefix = os.path.join(folder, f"seg_transfer_{token[0]}_{what}")
+        self.local_rank = local_rank
+        self.paths: list[str] = []  # the files this process created (local rank 0)
+
+    def block(self, name: str, numel: int, dtype: torch.dtype) -> torch.Tensor:
+        import torch.distributed as dist
+
+        path = f"{self.prefix}_{name}"
+        size = max(numel, 1)  # an empty split still maps a file
+        if self.local_rank == 0:
+            with open(path, "wb") as f:
+                f.truncate(size * torch.empty((), dtype=dtype).element_size())
+            self.paths.append(path)
+        dist.barrier()
+        return torch.from_file(path, shared=True, size=size, dtype=dtype)[:numel]
+
+    def close(self) -> None:
+        import torch.distributed as dist
+
+        dist.barrier()  # every process has mapped and filled its share
+        for path in self.paths:
+            os.unlink(path)
 
 
 def auto_images(need: int, max_gb: float, shared: bool) -> tuple[str, str]:
@@ -106,6 +161,20 @@ def _resize(image: np.ndarray, label: Any, shorter: Optional[int]) -> tuple[np.n
     return step(image=image)["image"], label
 
 
+def _gather_labels(labels: list[Any]) -> list[Any]:
+    """Every process's filled entries of ``labels`` merged (each item was read by one process per node)."""
+    import torch.distributed as dist
+
+    mine = {i: label for i, label in enumerate(labels) if label is not None}
+    everyone: list[Optional[dict[int, Any]]] = [None] * dist.get_world_size()
+    dist.all_gather_object(everyone, mine)
+    merged = list(labels)
+    for part in everyone:
+        for i, label in (part or {}).items():
+            merged[i] = label
+    return merged
+
+
 class DecodedDataset(ImageDataset):
     """``dataset``'s items decoded once (threads, a progress bar) at ``shorter`` side, in shared memory."""
 
@@ -127,22 +196,30 @@ class DecodedDataset(ImageDataset):
             raise ConfigError(f"cache.images: the {what} split needs {need / 2**20:.0f} MiB of shared memory for the "
                               f"loader processes, and {SHM} has {shm / 2**20:.0f} MiB free; set train.workers: 0, "
                               "give the container more (docker run --shm-size), or set cache.images: none")
-        log(f"image cache: {what} split, {len(dataset)} items, {need / 2**20:.0f} MiB of uint8 in RAM")
+        ranks = node_ranks()
+        local_rank, local_world = ranks or (0, 1)
+        share = f" (one copy for this machine's {local_world} processes)" if ranks else ""
+        log(f"image cache: {what} split, {len(dataset)} items, {need / 2**20:.0f} MiB of uint8 in RAM{share}")
         sizes = [h * w for h, w in shapes]
         self.offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
         self.shapes = np.array(shapes, dtype=np.int64).reshape(-1, 2)
         total = int(self.offsets[-1])
-        # one block each for images and masks; shared (with loader processes): workers read them in place,
-        # never a pickled copy
-        self.pixels = torch.empty(total * 3, dtype=torch.uint8)
-        self.masks: Optional[torch.Tensor] = None
+        # one block each for images and masks; shared (with loader processes, and under torchrun with the
+        # node's other processes): workers read them in place, never a pickled copy
+        node = NodeBlocks(what, local_rank) if ranks else None
+        mask_dtype = None
         if _has_masks(dataset):
-            dtype = torch.uint8 if _mask_itemsize(dataset) == 1 else torch.int16
-            self.masks = torch.empty(total, dtype=dtype)
-        if shared:
-            self.pixels.share_memory_()
-            if self.masks is not None:
-                self.masks.share_memory_()
+            mask_dtype = torch.uint8 if _mask_itemsize(dataset) == 1 else torch.int16
+        if node is not None:
+            self.pixels = node.block("pixels", total * 3, torch.uint8)
+            self.masks: Optional[torch.Tensor] = None if mask_dtype is None else node.block("masks", total, mask_dtype)
+        else:
+            self.pixels = torch.empty(total * 3, dtype=torch.uint8)
+            self.masks = None if mask_dtype is None else torch.empty(total, dtype=mask_dtype)
+            if shared:
+                self.pixels.share_memory_()
+                if self.masks is not None:
+                    self.masks.share_memory_()
         self.labels: list[Any] = [None] * len(dataset)
 
         def fill(i: int) -> None:
@@ -158,9 +235,14 @@ class DecodedDataset(ImageDataset):
             else:
                 self.labels[i] = label
 
-        with thread_pool() as pool, progress_bar(len(dataset), f"caching {what}", "img", progress) as bar:
-            for _ in pool.map(fill, range(len(dataset))):
+        mine = range(local_rank, len(dataset), local_world)  # under torchrun: every local_world-th item
+        with thread_pool() as pool, progress_bar(len(mine), f"caching {what}", "img", progress) as bar:
+            for _ in pool.map(fill, mine):
                 bar.update()
+        if node is not None:
+            node.close()
+            if self.masks is None:  # labels, boxes: small Python objects, gathered from every process
+                self.labels = _gather_labels(self.labels)
 
     @property
     def nbytes(self) -> int:

@@ -82,3 +82,66 @@ def test_a_shared_cache_larger_than_dev_shm_is_refused_in_one_line(splits, monke
         DecodedDataset(splits.train, progress=False, log=quiet, shared=True)
     unshared = DecodedDataset(splits.train, progress=False, log=quiet, shared=False)  # read in-process only
     assert not unshared.pixels.is_shared() and (unshared.read(0)[0] == splits.train.read(0)[0]).all()
+
+
+def _cache_in_a_process_group(rank: int, world: int, root: str, kind: str, out: str) -> None:
+    """One process of a 2-process gloo group (as torchrun starts them): build the cache, record which items
+    this process decoded and what the cache holds."""
+    import json
+    import os
+    from pathlib import Path
+
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{root}/rendezvous", rank=rank, world_size=world)
+    dataset = folder(Path(root)).train if kind == "masks" else _classes(Path(root) / "classes")
+    decoded: list[int] = []
+    read = dataset.read
+    dataset.read = lambda i: (decoded.append(i), read(i))[1]  # type: ignore[method-assign]
+    cache = DecodedDataset(dataset, progress=False, log=quiet, shared=False)
+    dist.barrier()  # both have built it: nothing is written after this
+    items = [cache.read(i) for i in range(len(cache))]
+    record = {"decoded": decoded, "pixels": [image.tolist() for image, _ in items],
+              "labels": [label.tolist() if kind == "masks" else label for _, label in items],
+              "files_left": sorted(n for n in os.listdir(memory.SHM) if n.startswith("seg_transfer_")),
+              "shared": cache.pixels.is_shared()}
+    Path(out, f"rank{rank}.json").write_text(json.dumps(record))
+    dist.destroy_process_group()
+
+
+def _classes(root):
+    from synthetic.classification import CLASSES, make_classes
+
+    from seg_transfer.data.classification import ImageFolderDataset
+
+    if not root.is_dir():
+        make_classes(root, n=3, size=12)
+    files = sorted(root.rglob("*.png"))
+    return ImageFolderDataset(files, [CLASSES.index(p.parent.name) for p in files], CLASSES, root)
+
+
+@pytest.mark.parametrize("kind", ["masks", "labels"])
+def test_under_torchrun_a_machine_holds_one_copy_each_process_decoding_its_share(splits, tmp_path, kind):
+    """Issue 24: the processes of one machine decode every other item each into one block all of them map;
+    what each process then reads is what the files hold, and no file is left in /dev/shm."""
+    import json
+    import os
+
+    import torch.multiprocessing as mp
+
+    if kind == "labels":
+        _classes(tmp_path / "classes")
+    before = {n for n in os.listdir(memory.SHM) if n.startswith("seg_transfer_")}
+    mp.spawn(_cache_in_a_process_group, args=(2, str(tmp_path), kind, str(tmp_path)), nprocs=2)
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    single = DecodedDataset(splits.train if kind == "masks" else _classes(tmp_path / "classes"), progress=False,
+                            log=quiet)
+    want = [single.read(i) for i in range(len(single))]
+    assert sorted(ranks[0]["decoded"] + ranks[1]["decoded"]) == list(range(len(single)))  # each item once
+    assert not set(ranks[0]["decoded"]) & set(ranks[1]["decoded"])
+    for record in ranks:
+        assert record["pixels"] == [image.tolist() for image, _ in want]
+        assert record["labels"] == [label.tolist() if kind == "masks" else label for _, label in want]
+        assert record["shared"]  # loader workers read the node's block in place
+        assert set(record["files_left"]) <= before  # the files are gone once every process holds its mapping
