@@ -179,10 +179,9 @@ def autocast_settings(device: Union[str, torch.device], amp: str = "auto") -> tu
 
     ``auto``: off on the CPU; on CUDA bf16 where the device supports it (fp32's range: no grad scaler, no
     underflow), else fp16 with a grad scaler. The CPU is left in fp32 because a CPU without native bf16
-    matmul (no AVX512-BF16 or AMX) emulates it: on this project's 2-core AMD EPYC (AVX2 only, torch 2.14)
-    a 512x512 matmul took 1.6-2.3 ms in fp32 and 208-289 ms under ``torch.autocast("cpu", bfloat16)``
-    (5 runs); ``bf16`` can still be asked for explicitly. ``off`` is also spelt false, fp32 or none
-    (``config.AMP_ALIASES``).
+    matmul (no AVX512-BF16 or AMX) emulates it about a hundred times slower, and one that has it did not
+    train this project's small models faster (benchmarks/RESULTS.md, "Mixed precision"); ``bf16`` can
+    still be asked for explicitly. ``off`` is also spelt false, fp32 or none (``config.AMP_ALIASES``).
     """
     if amp not in AMP_MODES:
         raise unknown("amp mode", amp, AMP_MODES, "train.amp")
